@@ -1,0 +1,162 @@
+//! Plain data shared by the core, storage, transport and runtime.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A member of the group: a non-zero id from the config.
+pub type NodeId = u64;
+/// A log position. The first index is 1; 0 means "none".
+pub type Index = u64;
+/// A client request id: non-zero and unique per request.
+pub type ReqId = u64;
+
+/// A Paxos ballot (proposal number), unique per node: ordered by `round`, then
+/// by `node`. [`Ballot::ZERO`] is below every real ballot.
+#[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Ballot {
+    pub round: u64,
+    pub node: NodeId,
+}
+
+impl Ballot {
+    /// Below every ballot a node can use.
+    pub const ZERO: Ballot = Ballot { round: 0, node: 0 };
+
+    pub fn new(round: u64, node: NodeId) -> Ballot {
+        Ballot { round, node }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Ballot::ZERO
+    }
+}
+
+impl std::fmt::Display for Ballot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.round, self.node)
+    }
+}
+
+/// What one log index holds once decided: a client request or a no-op.
+///
+/// `One` is the common case (one value under one reqid); `Many` is the seed's
+/// multi-value proposal (several values under one reqid at one index). Both
+/// clone in O(1).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Value {
+    /// Fills a hole; carries no request.
+    Noop,
+    One { reqid: ReqId, value: Bytes },
+    Many { reqid: ReqId, values: Arc<[Bytes]> },
+}
+
+impl Value {
+    /// The request id, or `None` for a no-op.
+    pub fn reqid(&self) -> Option<ReqId> {
+        match self {
+            Value::Noop => None,
+            Value::One { reqid, .. } | Value::Many { reqid, .. } => Some(*reqid),
+        }
+    }
+
+    /// The payloads (empty for a no-op).
+    pub fn values(&self) -> &[Bytes] {
+        match self {
+            Value::Noop => &[],
+            Value::One { value, .. } => std::slice::from_ref(value),
+            Value::Many { values, .. } => values,
+        }
+    }
+
+    /// Payload bytes, for batching limits.
+    pub fn payload_len(&self) -> usize {
+        self.values().iter().map(|v| v.len()).sum()
+    }
+
+    pub fn is_noop(&self) -> bool {
+        matches!(self, Value::Noop)
+    }
+}
+
+/// Node-wide hard state: persisted before any message that depends on it.
+#[derive(Copy, Clone, PartialEq, Eq, Debug, Default)]
+pub struct NodeState {
+    /// Highest round this node has used for its own ballots. A restarted node
+    /// starts above it, so a ballot is never reused.
+    pub max_round: u64,
+    /// Node-wide promise (the leader's phase 1 covers every index): no accept
+    /// or prepare below this ballot is granted at any index.
+    pub promised: Ballot,
+}
+
+/// Durable state of one Paxos instance (the seed's hard state, plus `chosen`).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct InstanceState {
+    pub index: Index,
+    /// Per-index promise (from single-index prepares).
+    pub promised: Ballot,
+    /// Ballot of the accepted value, `ZERO` if none.
+    pub accepted: Ballot,
+    /// Accepted value; once `chosen`, the chosen value.
+    pub value: Option<Value>,
+    pub chosen: bool,
+}
+
+impl InstanceState {
+    pub fn empty(index: Index) -> InstanceState {
+        InstanceState {
+            index,
+            promised: Ballot::ZERO,
+            accepted: Ballot::ZERO,
+            value: None,
+            chosen: false,
+        }
+    }
+}
+
+/// One entry of a storage write batch. Records of a batch are applied in
+/// order; a batch is durable as a whole before any message produced with it is
+/// sent.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Record {
+    /// Replace the node-wide hard state.
+    Node(NodeState),
+    /// Replace the durable state of one instance.
+    Instance(InstanceState),
+    /// The value held by the latest `Instance` record of this index is chosen.
+    /// Saves writing the value twice in the common case.
+    Chosen(Index),
+}
+
+/// A decided log entry as handed to the application.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ChosenItem {
+    pub index: Index,
+    pub value: Value,
+}
+
+/// The outcome of one proposal, reported exactly once to the node that took it.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    /// The proposal is in the log at `index`.
+    Chosen { index: Index },
+    /// Another value was chosen at `index`, where this proposal was tried, and
+    /// the proposal is nowhere else in the log (only reported with
+    /// `retry_lost = false`).
+    Lost { index: Index },
+}
+
+/// What storage recovered at start; the core's [`crate::Node::restore`] input.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct RecoveredState {
+    pub node: NodeState,
+    /// Every index at or below this is chosen (or compacted away).
+    pub chosen_through: Index,
+    /// Durable state of every instance above `chosen_through`, by index.
+    pub instances: Vec<InstanceState>,
+    /// Request ids of the chosen entries at the end of the prefix (indices in
+    /// `(chosen_through - dedup_window, chosen_through]`), for duplicate
+    /// detection after a restart. The caller reads them from storage.
+    pub recent_reqids: Vec<(Index, ReqId)>,
+}
