@@ -1,1 +1,91 @@
+//! Durable storage for spaxos: the [`Storage`] trait the runtime's storage
+//! thread drives, [`MemStorage`] for tests and simulation, and
+//! [`DiskStorage`], an append-only log of checksummed segments (format in
+//! docs/STORAGE.md).
+//!
+//! A write batch is a slice of [`Record`]s applied in order, made durable as
+//! a whole with one sync (group commit):
+//!
+//! ```
+//! use spaxos_core::{Ballot, InstanceState, Record, Value};
+//! use spaxos_storage::{DiskStorage, Storage};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut store = DiskStorage::open(dir.path()).unwrap();
+//! let value = Value::One { reqid: 7, value: bytes::Bytes::from_static(b"hello") };
+//! store
+//!     .write(&[
+//!         Record::Instance(InstanceState {
+//!             index: 1,
+//!             promised: Ballot::new(1, 1),
+//!             accepted: Ballot::new(1, 1),
+//!             value: Some(value.clone()),
+//!             chosen: false,
+//!         }),
+//!         Record::Chosen(1),
+//!     ])
+//!     .unwrap();
+//! drop(store);
+//!
+//! // After a restart the chosen value can be read back by index.
+//! let store = DiskStorage::open(dir.path()).unwrap();
+//! assert_eq!(store.chosen(1).unwrap(), Some(value));
+//! assert_eq!(store.recover(100).unwrap().chosen_through, 1);
+//! ```
 
+mod codec;
+mod disk;
+mod error;
+mod mem;
+mod state;
+
+pub use codec::FORMAT_VERSION;
+pub use disk::{DiskOptions, DiskStorage, Preallocate};
+pub use error::StorageError;
+pub use mem::MemStorage;
+
+use spaxos_core::{Index, Record, RecoveredState, Value};
+
+/// Durable hard state and chosen values of one node.
+///
+/// Every method sees the state as of the last successful [`Storage::write`];
+/// a failed write changes nothing that can be read.
+pub trait Storage: Send {
+    /// Appends the batch and makes it durable (one sync per call: group
+    /// commit). `Ok` means durable. Records at or below the compaction point
+    /// are ignored.
+    fn write(&mut self, batch: &[Record]) -> Result<(), StorageError>;
+
+    /// The state as of the last durable write. `chosen_through` is the
+    /// largest k such that every index in (compacted_through, k] is chosen
+    /// (k >= compacted_through); `instances` holds every index above
+    /// `chosen_through` that has a record (sorted, with its latest state,
+    /// chosen flag and value); `recent_reqids` holds (index, reqid) of chosen
+    /// non-noop entries with index in
+    /// (chosen_through - dedup_window, chosen_through].
+    fn recover(&self, dedup_window: u64) -> Result<RecoveredState, StorageError>;
+
+    /// The chosen value at `index`: `Ok(Some)` if chosen, `Ok(None)` if
+    /// unknown or not chosen, `Err(Compacted { first_index })` if dropped.
+    fn chosen(&self, index: Index) -> Result<Option<Value>, StorageError>;
+
+    /// Chosen values in `from..=to`, in order, stopping at the first index
+    /// that is not chosen, with at most `bytes_max` payload bytes (but at
+    /// least one entry if `from` is chosen). `Err(Compacted)` if `from` is
+    /// below what is held.
+    fn chosen_range(
+        &self,
+        from: Index,
+        to: Index,
+        bytes_max: usize,
+    ) -> Result<Vec<(Index, Value)>, StorageError>;
+
+    /// The lowest index still held (compacted_through + 1) and the highest
+    /// index with any record (at least compacted_through).
+    fn bounds(&self) -> (Index, Index);
+
+    /// The application checkpointed through `through`: drop everything at or
+    /// below it and reclaim whole segments. The compaction point survives a
+    /// restart; a lower `through` than before is a no-op.
+    fn compact(&mut self, through: Index) -> Result<(), StorageError>;
+}

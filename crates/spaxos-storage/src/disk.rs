@@ -1,0 +1,854 @@
+//! [`DiskStorage`]: an append-only log of checksummed batches in segment
+//! files, one directory per node. The format is in docs/STORAGE.md.
+//!
+//! Only the state of each index (ballots, chosen flag) and the position of
+//! its value live in memory; values are read back from the segment files.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use spaxos_core::{Index, Record, RecoveredState, ReqId, Value};
+
+use crate::codec::{
+    self, align, BatchHeader, HeaderError, SegmentHeader, BATCH_ALIGN, BATCH_BODY_MAX,
+    BATCH_HEADER_LEN, FORMAT_VERSION, SEGMENT_HEADER_LEN,
+};
+use crate::error::StorageError;
+use crate::state::{HeldValue, LogState};
+use crate::Storage;
+
+const LOCK_FILE: &str = "LOCK";
+const FLOOR_FILE: &str = "FLOOR";
+const FLOOR_TMP_FILE: &str = "FLOOR.tmp";
+const SEGMENT_SUFFIX: &str = ".seg";
+const TMP_SUFFIX: &str = ".tmp";
+/// Segment ids are printed with this many digits, so names sort by id.
+const SEGMENT_ID_DIGITS: usize = 20;
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+/// How new segment files get their space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preallocate {
+    /// Files grow as batches are appended (every fdatasync also commits the
+    /// new file size).
+    None,
+    /// `fallocate` the whole segment: cheap to create, but ext4 still
+    /// converts unwritten extents at each fdatasync.
+    Fallocate,
+    /// Write zeros over the whole segment when it is created: costs one
+    /// sequential write of the segment, then each fdatasync only flushes
+    /// data. The fastest for writes on ext4 (see docs/STORAGE.md).
+    ZeroFill,
+}
+
+/// Tuning of a [`DiskStorage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// A new segment is started when a batch would end past this size (a
+    /// single larger batch gets a segment of its own).
+    pub segment_bytes_max: u64,
+    pub preallocate: Preallocate,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        DiskOptions {
+            segment_bytes_max: 64 << 20,
+            preallocate: Preallocate::ZeroFill,
+        }
+    }
+}
+
+impl DiskOptions {
+    /// Smallest accepted `segment_bytes_max`.
+    pub const SEGMENT_BYTES_MIN: u64 = 1024;
+
+    fn validate(&self) -> Result<(), StorageError> {
+        if self.segment_bytes_max < Self::SEGMENT_BYTES_MIN {
+            return Err(StorageError::invalid(format!(
+                "segment_bytes_max {} is below the minimum {}",
+                self.segment_bytes_max,
+                Self::SEGMENT_BYTES_MIN
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where the value of an index lies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ValueRef {
+    Noop,
+    Stored {
+        segment_id: u64,
+        /// Byte offset of the record frame in the segment file.
+        offset: u64,
+        frame_len: u32,
+        payload_len: u32,
+        reqid: ReqId,
+    },
+}
+
+impl HeldValue for ValueRef {
+    fn reqid(&self) -> Option<ReqId> {
+        match self {
+            ValueRef::Noop => None,
+            ValueRef::Stored { reqid, .. } => Some(*reqid),
+        }
+    }
+    fn payload_len(&self) -> usize {
+        match self {
+            ValueRef::Noop => 0,
+            ValueRef::Stored { payload_len, .. } => *payload_len as usize,
+        }
+    }
+}
+
+struct Segment {
+    path: PathBuf,
+    file: File,
+    /// Highest index of any record in the segment (0 if none): the segment
+    /// may be deleted once this is compacted and a later segment exists.
+    max_index: Index,
+}
+
+/// The on-disk [`Storage`]: one directory per node holding numbered segment
+/// files, a compaction floor file and a lock file.
+///
+/// Each `write` appends one checksummed batch frame to the active segment
+/// and calls `fdatasync` once. Opening replays every segment, truncates a
+/// torn final batch and refuses corrupt data elsewhere.
+pub struct DiskStorage {
+    dir: PathBuf,
+    options: DiskOptions,
+    /// Holds the directory's flock for as long as the store is open.
+    _lock: File,
+    state: LogState<ValueRef>,
+    /// By segment id; the last one is active (appended to).
+    segments: BTreeMap<u64, Segment>,
+    /// Where the next batch frame goes in the active segment.
+    active_offset: u64,
+    next_batch_seq: u64,
+    /// Reused encoding buffer for batch frames.
+    buffer: Vec<u8>,
+    /// (position in the batch, offset in `buffer`, frame length) of each
+    /// record written by the current `write`.
+    record_frames: Vec<(usize, usize, usize)>,
+    /// Set by the first failed write; later writes are refused.
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for DiskStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStorage")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.len())
+            .field("bounds", &self.state.bounds())
+            .finish()
+    }
+}
+
+impl DiskStorage {
+    /// Opens (or creates) the store in `dir` with default options.
+    pub fn open(dir: &Path) -> Result<DiskStorage, StorageError> {
+        DiskStorage::open_with(dir, DiskOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir`, replaying every segment.
+    pub fn open_with(dir: &Path, options: DiskOptions) -> Result<DiskStorage, StorageError> {
+        options.validate()?;
+        fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, "create directory", e))?;
+        let lock = lock_dir(dir)?;
+        let floor = read_floor(dir)?;
+        let ids = list_segments(dir)?;
+
+        let mut store = DiskStorage {
+            dir: dir.to_path_buf(),
+            options,
+            _lock: lock,
+            state: LogState::new(floor),
+            segments: BTreeMap::new(),
+            active_offset: 0,
+            next_batch_seq: 1,
+            buffer: Vec::new(),
+            record_frames: Vec::new(),
+            failed: None,
+        };
+        let mut previous: Option<(PathBuf, u64)> = None;
+        for (position, &id) in ids.iter().enumerate() {
+            let is_last = position + 1 == ids.len();
+            let end = store.replay_segment(id, is_last, previous.as_ref())?;
+            previous = Some((segment_path(dir, id), end));
+            store.active_offset = end;
+        }
+        match store.segments.keys().next_back().copied() {
+            None => {
+                if floor > 0 {
+                    return Err(StorageError::corrupt(
+                        &dir.join(FLOOR_FILE),
+                        0,
+                        format!("compacted through {floor} but no segment files exist"),
+                    ));
+                }
+                store.start_segment(1)?;
+            }
+            Some(id) => {
+                let options = store.options;
+                let segment = &store.segments[&id];
+                let len = file_len(&segment.file, &segment.path)?;
+                if len < options.segment_bytes_max {
+                    preallocate(&segment.file, &segment.path, len, &options)?;
+                    segment
+                        .file
+                        .sync_all()
+                        .map_err(|e| StorageError::io(&segment.path, "fsync", e))?;
+                }
+            }
+        }
+        // Finish a compaction that crashed between the floor and the deletes.
+        store.delete_compacted_segments()?;
+        Ok(store)
+    }
+
+    /// The directory of this store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Paths of the segment files, oldest first (the last is active).
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments.values().map(|s| s.path.clone()).collect()
+    }
+
+    /// Replays segment `id`, returning the offset just past its last batch.
+    /// `previous` is the preceding segment's path and end offset.
+    fn replay_segment(
+        &mut self,
+        id: u64,
+        is_last: bool,
+        previous: Option<&(PathBuf, u64)>,
+    ) -> Result<u64, StorageError> {
+        let path = segment_path(&self.dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(is_last)
+            .open(&path)
+            .map_err(|e| StorageError::io(&path, "open segment", e))?;
+        let data = fs::read(&path).map_err(|e| StorageError::io(&path, "read segment", e))?;
+        let header = match SegmentHeader::decode(&data) {
+            Ok(header) => header,
+            Err(HeaderError::Version(found)) => {
+                return Err(StorageError::UnsupportedVersion {
+                    path,
+                    found,
+                    supported: FORMAT_VERSION,
+                })
+            }
+            Err(HeaderError::Bad(reason)) => return Err(StorageError::corrupt(&path, 0, reason)),
+        };
+        if header.segment_id != id {
+            return Err(StorageError::corrupt(
+                &path,
+                0,
+                format!("header names segment {}", header.segment_id),
+            ));
+        }
+        match previous {
+            None => self.state.node = header.node,
+            Some((previous_path, previous_end)) => {
+                if header.first_batch_seq != self.next_batch_seq {
+                    return Err(StorageError::corrupt(
+                        previous_path,
+                        *previous_end,
+                        format!(
+                            "segment ends before batch {} but the next segment starts at batch {}: batches are missing",
+                            self.next_batch_seq, header.first_batch_seq
+                        ),
+                    ));
+                }
+                if header.node != self.state.node {
+                    return Err(StorageError::corrupt(
+                        &path,
+                        0,
+                        "node state in the segment header differs from the log before it",
+                    ));
+                }
+            }
+        }
+        self.next_batch_seq = header.first_batch_seq;
+        self.segments.insert(
+            id,
+            Segment {
+                path: path.clone(),
+                file,
+                max_index: 0,
+            },
+        );
+
+        let mut offset = SEGMENT_HEADER_LEN;
+        loop {
+            match check_batch(&data, offset, self.next_batch_seq) {
+                BatchCheck::Valid(header) => {
+                    let body_start = offset + BATCH_HEADER_LEN;
+                    self.replay_batch(id, &path, &data, body_start, header.body_len)?;
+                    offset = align(body_start + header.body_len);
+                    self.next_batch_seq += 1;
+                }
+                BatchCheck::End => break,
+                BatchCheck::Bad {
+                    offset: bad,
+                    reason,
+                } => {
+                    let later = find_later_batch(&data, offset, self.next_batch_seq);
+                    if later.is_some() || !is_last {
+                        let reason = match later {
+                            Some(at) => format!("{reason} (a valid batch follows at offset {at})"),
+                            None => format!("{reason} (in a sealed segment)"),
+                        };
+                        return Err(StorageError::corrupt(&path, bad as u64, reason));
+                    }
+                    tracing::warn!(
+                        path = %path.display(),
+                        offset,
+                        reason,
+                        "truncating a torn batch at the tail of the log (a write that never completed)"
+                    );
+                    let segment = &self.segments[&id];
+                    segment
+                        .file
+                        .set_len(offset as u64)
+                        .map_err(|e| StorageError::io(&path, "truncate torn tail", e))?;
+                    segment
+                        .file
+                        .sync_all()
+                        .map_err(|e| StorageError::io(&path, "fsync", e))?;
+                    break;
+                }
+            }
+        }
+        Ok(offset as u64)
+    }
+
+    /// Applies the records of one valid batch body.
+    fn replay_batch(
+        &mut self,
+        segment_id: u64,
+        path: &Path,
+        data: &[u8],
+        body_start: usize,
+        body_len: usize,
+    ) -> Result<(), StorageError> {
+        let mut at = body_start;
+        let body_end = body_start + body_len;
+        while at < body_end {
+            let corrupt = |reason: &str| StorageError::corrupt(path, at as u64, reason);
+            let (payload, frame_len) = codec::split_record(&data[at..body_end]).map_err(corrupt)?;
+            let record = codec::decode_record(payload).map_err(corrupt)?;
+            let index = self.apply(segment_id, at as u64, frame_len, &record);
+            if let Some(index) = index {
+                return Err(StorageError::corrupt(
+                    path,
+                    at as u64,
+                    format!("chosen mark for index {index}, which holds no value"),
+                ));
+            }
+            at += frame_len;
+        }
+        Ok(())
+    }
+
+    /// Applies one durable record found at `offset` of segment `segment_id`.
+    /// Returns the index of a chosen mark that had no value to mark.
+    fn apply(
+        &mut self,
+        segment_id: u64,
+        offset: u64,
+        frame_len: usize,
+        record: &Record,
+    ) -> Option<Index> {
+        let record_index = match record {
+            Record::Node(node) => {
+                self.state.node = *node;
+                None
+            }
+            Record::Instance(instance) => {
+                let held = instance.value.as_ref().map(|value| match value {
+                    Value::Noop => ValueRef::Noop,
+                    Value::One { .. } | Value::Many { .. } => ValueRef::Stored {
+                        segment_id,
+                        offset,
+                        frame_len: frame_len as u32,
+                        payload_len: value.payload_len() as u32,
+                        reqid: value.reqid().unwrap_or(0),
+                    },
+                });
+                self.state.apply_instance(instance, held);
+                Some(instance.index)
+            }
+            Record::Chosen(index) => {
+                if !self.state.apply_chosen(*index) {
+                    return Some(*index);
+                }
+                Some(*index)
+            }
+        };
+        if let (Some(index), Some(segment)) = (record_index, self.segments.get_mut(&segment_id)) {
+            segment.max_index = segment.max_index.max(index);
+        }
+        None
+    }
+
+    /// Creates segment `id` (header, preallocated space, durable name) and
+    /// makes it the active one.
+    fn start_segment(&mut self, id: u64) -> Result<(), StorageError> {
+        let path = segment_path(&self.dir, id);
+        let tmp = tmp_path(&path);
+        let header = SegmentHeader {
+            segment_id: id,
+            first_batch_seq: self.next_batch_seq,
+            node: self.state.node,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| StorageError::io(&tmp, "create segment", e))?;
+        file.write_all_at(&header.encode(), 0)
+            .map_err(|e| StorageError::io(&tmp, "write segment header", e))?;
+        preallocate(&file, &tmp, SEGMENT_HEADER_LEN as u64, &self.options)?;
+        file.sync_all()
+            .map_err(|e| StorageError::io(&tmp, "fsync", e))?;
+        fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, "rename new segment", e))?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(
+            id,
+            Segment {
+                path,
+                file,
+                max_index: 0,
+            },
+        );
+        self.active_offset = SEGMENT_HEADER_LEN as u64;
+        Ok(())
+    }
+
+    /// Deletes the oldest segments while every record in them is compacted
+    /// (the active segment is kept).
+    fn delete_compacted_segments(&mut self) -> Result<(), StorageError> {
+        let mut deleted = false;
+        while self.segments.len() > 1 {
+            let Some(mut entry) = self.segments.first_entry() else {
+                break;
+            };
+            if entry.get().max_index > self.state.compacted_through {
+                break;
+            }
+            let path = entry.get_mut().path.clone();
+            fs::remove_file(&path).map_err(|e| StorageError::io(&path, "delete segment", e))?;
+            entry.remove();
+            deleted = true;
+        }
+        if deleted {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a held value back from its segment, checking its checksum.
+    fn load(&self, index: Index, held: &ValueRef) -> Result<Value, StorageError> {
+        let (segment_id, offset, frame_len) = match held {
+            ValueRef::Noop => return Ok(Value::Noop),
+            ValueRef::Stored {
+                segment_id,
+                offset,
+                frame_len,
+                ..
+            } => (*segment_id, *offset, *frame_len as usize),
+        };
+        let Some(segment) = self.segments.get(&segment_id) else {
+            return Err(StorageError::corrupt(
+                &segment_path(&self.dir, segment_id),
+                offset,
+                format!("segment holding index {index} is gone"),
+            ));
+        };
+        let mut frame = vec![0u8; frame_len];
+        segment
+            .file
+            .read_exact_at(&mut frame, offset)
+            .map_err(|e| StorageError::io(&segment.path, "read value", e))?;
+        let corrupt = |reason: &str| StorageError::corrupt(&segment.path, offset, reason);
+        let (payload, _) = codec::split_record(&frame).map_err(corrupt)?;
+        match codec::decode_record(payload).map_err(corrupt)? {
+            spaxos_core::Record::Instance(instance) if instance.index == index => instance
+                .value
+                .ok_or_else(|| corrupt("instance record lost its value")),
+            _ => Err(corrupt("record is not the instance it was indexed as")),
+        }
+    }
+
+    fn fail(&mut self, error: StorageError) -> StorageError {
+        if self.failed.is_none() {
+            self.failed = Some(error.to_string());
+        }
+        error
+    }
+
+    /// Encodes the batch frame into `self.buffer` (skipping compacted
+    /// records); false if nothing is left to write.
+    fn encode_batch(&mut self, batch: &[Record]) -> Result<bool, StorageError> {
+        self.buffer.clear();
+        self.buffer.resize(BATCH_HEADER_LEN, 0);
+        self.record_frames.clear();
+        let floor = self.state.compacted_through;
+        for (position, record) in batch.iter().enumerate() {
+            let compacted = match record {
+                Record::Node(_) => false,
+                Record::Instance(instance) => instance.index <= floor,
+                Record::Chosen(index) => *index <= floor,
+            };
+            if compacted {
+                continue;
+            }
+            let start = self.buffer.len();
+            codec::encode_record(&mut self.buffer, record);
+            self.record_frames
+                .push((position, start, self.buffer.len() - start));
+        }
+        if self.record_frames.is_empty() {
+            return Ok(false);
+        }
+        let body_len = self.buffer.len() - BATCH_HEADER_LEN;
+        if body_len > BATCH_BODY_MAX {
+            return Err(StorageError::invalid(format!(
+                "batch encodes to {body_len} bytes, above the limit of {BATCH_BODY_MAX}"
+            )));
+        }
+        let (header, body) = self.buffer.split_at_mut(BATCH_HEADER_LEN);
+        codec::encode_batch_header(header, self.next_batch_seq, body);
+        self.buffer.resize(align(self.buffer.len()), 0);
+        Ok(true)
+    }
+}
+
+impl Storage for DiskStorage {
+    fn write(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        if let Some(first_error) = &self.failed {
+            return Err(StorageError::Failed {
+                first_error: first_error.clone(),
+            });
+        }
+        self.state.validate(batch)?;
+        if !self.encode_batch(batch)? {
+            return Ok(());
+        }
+        let frame_len = self.buffer.len() as u64;
+        let Some(mut active_id) = self.segments.keys().next_back().copied() else {
+            return Err(StorageError::Failed {
+                first_error: "no active segment".to_string(),
+            });
+        };
+        if self.active_offset > SEGMENT_HEADER_LEN as u64
+            && self.active_offset + frame_len > self.options.segment_bytes_max
+        {
+            active_id += 1;
+            if let Err(e) = self.start_segment(active_id) {
+                return Err(self.fail(e));
+            }
+        }
+        let segment = &self.segments[&active_id];
+        let result = segment
+            .file
+            .write_all_at(&self.buffer, self.active_offset)
+            .map_err(|e| StorageError::io(&segment.path, "write batch", e))
+            .and_then(|()| {
+                segment
+                    .file
+                    .sync_data()
+                    .map_err(|e| StorageError::io(&segment.path, "fdatasync", e))
+            });
+        if let Err(e) = result {
+            return Err(self.fail(e));
+        }
+        // Durable: now, and only now, the state reflects the batch.
+        let batch_offset = self.active_offset;
+        let frames = std::mem::take(&mut self.record_frames);
+        for &(position, start, len) in &frames {
+            let unmarked = self.apply(
+                active_id,
+                batch_offset + start as u64,
+                len,
+                &batch[position],
+            );
+            debug_assert!(unmarked.is_none(), "validate checked the chosen marks");
+        }
+        self.record_frames = frames;
+        self.active_offset += frame_len;
+        self.next_batch_seq += 1;
+        Ok(())
+    }
+
+    fn recover(&self, dedup_window: u64) -> Result<RecoveredState, StorageError> {
+        self.state
+            .recover(dedup_window, |index, held| self.load(index, held))
+    }
+
+    fn chosen(&self, index: Index) -> Result<Option<Value>, StorageError> {
+        match self.state.chosen(index)? {
+            Some(held) => Ok(Some(self.load(index, held)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn chosen_range(
+        &self,
+        from: Index,
+        to: Index,
+        bytes_max: usize,
+    ) -> Result<Vec<(Index, Value)>, StorageError> {
+        self.state
+            .chosen_range(from, to, bytes_max)?
+            .into_iter()
+            .map(|(index, held)| Ok((index, self.load(index, held)?)))
+            .collect()
+    }
+
+    fn bounds(&self) -> (Index, Index) {
+        self.state.bounds()
+    }
+
+    fn compact(&mut self, through: Index) -> Result<(), StorageError> {
+        if through > self.state.compacted_through {
+            write_floor(&self.dir, through)?;
+            self.state.compact(through);
+        }
+        self.delete_compacted_segments()
+    }
+}
+
+/// What recovery found at one offset of a segment.
+enum BatchCheck {
+    Valid(BatchHeader),
+    /// Only zeros (or nothing) from here to the end of the file.
+    End,
+    /// Not a valid batch; `offset` is the most precise position known (the
+    /// damaged record, when the header is intact).
+    Bad {
+        offset: usize,
+        reason: &'static str,
+    },
+}
+
+fn check_batch(data: &[u8], offset: usize, expected_seq: u64) -> BatchCheck {
+    let rest = data.get(offset..).unwrap_or(&[]);
+    let bad = |reason| BatchCheck::Bad { offset, reason };
+    let Some(header) = codec::decode_batch_header(rest) else {
+        // Preallocated space (or the end of the file) reads as zeros.
+        if rest.iter().all(|&b| b == 0) {
+            return BatchCheck::End;
+        }
+        return bad("bad batch header");
+    };
+    if header.seq != expected_seq {
+        return bad("unexpected batch sequence number");
+    }
+    let Some(body) = rest.get(BATCH_HEADER_LEN..BATCH_HEADER_LEN + header.body_len) else {
+        return bad("batch runs past the end of the file");
+    };
+    if crc32c::crc32c(body) != header.body_crc {
+        // Point at the damaged record if the record checksums find it.
+        let mut at = 0;
+        while at < body.len() {
+            match codec::split_record(&body[at..]) {
+                Ok((_, frame_len)) => at += frame_len,
+                Err(reason) => {
+                    return BatchCheck::Bad {
+                        offset: offset + BATCH_HEADER_LEN + at,
+                        reason,
+                    }
+                }
+            }
+        }
+        return bad("batch checksum mismatch");
+    }
+    BatchCheck::Valid(header)
+}
+
+/// The offset of a valid batch header after `offset` with a sequence number
+/// at or above `seq`: evidence that damage at `offset` is not a torn tail.
+fn find_later_batch(data: &[u8], offset: usize, seq: u64) -> Option<usize> {
+    let mut at = offset + BATCH_ALIGN;
+    while at + BATCH_HEADER_LEN <= data.len() {
+        if let Some(header) = codec::decode_batch_header(&data[at..]) {
+            if header.seq >= seq {
+                return Some(at);
+            }
+        }
+        at += BATCH_ALIGN;
+    }
+    None
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!(
+        "{id:0width$}{SEGMENT_SUFFIX}",
+        width = SEGMENT_ID_DIGITS
+    ))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(TMP_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Segment ids in `dir`, ascending and checked to be consecutive; leftover
+/// temporary files from an interrupted segment creation are removed.
+fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
+    let entries = fs::read_dir(dir).map_err(|e| StorageError::io(dir, "list directory", e))?;
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io(dir, "list directory", e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(TMP_SUFFIX) {
+            let path = entry.path();
+            fs::remove_file(&path)
+                .map_err(|e| StorageError::io(&path, "remove temporary file", e))?;
+            continue;
+        }
+        let Some(digits) = name.strip_suffix(SEGMENT_SUFFIX) else {
+            continue;
+        };
+        if digits.len() == SEGMENT_ID_DIGITS && digits.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(id) = digits.parse::<u64>() {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    for pair in ids.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(StorageError::corrupt(
+                &segment_path(dir, pair[0] + 1),
+                0,
+                "segment file is missing",
+            ));
+        }
+    }
+    Ok(ids)
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StorageError::io(&path, "open lock file", e))?;
+    // SAFETY: flock on a valid, owned file descriptor has no memory effects.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() == ErrorKind::WouldBlock {
+            return Err(StorageError::Locked { path });
+        }
+        return Err(StorageError::io(&path, "lock", error));
+    }
+    Ok(file)
+}
+
+fn read_floor(dir: &Path) -> Result<Index, StorageError> {
+    let path = dir.join(FLOOR_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StorageError::io(&path, "read compaction floor", e)),
+    };
+    match codec::decode_floor(&bytes) {
+        Ok(floor) => Ok(floor),
+        Err(HeaderError::Version(found)) => Err(StorageError::UnsupportedVersion {
+            path,
+            found,
+            supported: FORMAT_VERSION,
+        }),
+        Err(HeaderError::Bad(reason)) => Err(StorageError::corrupt(&path, 0, reason)),
+    }
+}
+
+/// Replaces the floor file atomically (write, fsync, rename, fsync dir).
+fn write_floor(dir: &Path, compacted_through: Index) -> Result<(), StorageError> {
+    let tmp = dir.join(FLOOR_TMP_FILE);
+    let path = dir.join(FLOOR_FILE);
+    let file = File::create(&tmp).map_err(|e| StorageError::io(&tmp, "create", e))?;
+    file.write_all_at(&codec::encode_floor(compacted_through), 0)
+        .map_err(|e| StorageError::io(&tmp, "write", e))?;
+    file.sync_all()
+        .map_err(|e| StorageError::io(&tmp, "fsync", e))?;
+    fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, "rename", e))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io(dir, "fsync directory", e))
+}
+
+fn file_len(file: &File, path: &Path) -> Result<u64, StorageError> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|e| StorageError::io(path, "stat", e))
+}
+
+/// Gives the file its space from `from` up to the segment size, as the
+/// options say. The caller syncs.
+fn preallocate(
+    file: &File,
+    path: &Path,
+    from: u64,
+    options: &DiskOptions,
+) -> Result<(), StorageError> {
+    let to = options.segment_bytes_max;
+    if from >= to {
+        return Ok(());
+    }
+    match options.preallocate {
+        Preallocate::None => Ok(()),
+        Preallocate::Fallocate => {
+            let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+                return Err(StorageError::invalid("segment size out of range"));
+            };
+            // SAFETY: fallocate on a valid, owned descriptor; no memory is passed.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) };
+            if rc != 0 {
+                let error = std::io::Error::last_os_error();
+                // A file system without fallocate just grows the file.
+                if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                    return Ok(());
+                }
+                return Err(StorageError::io(path, "fallocate", error));
+            }
+            Ok(())
+        }
+        Preallocate::ZeroFill => {
+            let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+            let mut at = from;
+            while at < to {
+                let n = (to - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+                file.write_all_at(&zeros[..n], at)
+                    .map_err(|e| StorageError::io(path, "preallocate (zero fill)", e))?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The write and read semantics shared by every store, generic over how a
+//! value is held (the value itself in memory, or where it lies on disk).
+
+use std::collections::BTreeMap;
+
+use spaxos_core::{Ballot, Index, InstanceState, NodeState, Record, ReqId, Value};
+
+use crate::error::StorageError;
+
+/// How a store holds an accepted value.
+pub(crate) trait HeldValue: Clone {
+    /// The request id, `None` for a no-op.
+    fn reqid(&self) -> Option<ReqId>;
+    /// Payload bytes, for `chosen_range`'s byte limit.
+    fn payload_len(&self) -> usize;
+}
+
+impl HeldValue for Value {
+    fn reqid(&self) -> Option<ReqId> {
+        Value::reqid(self)
+    }
+    fn payload_len(&self) -> usize {
+        Value::payload_len(self)
+    }
+}
+
+/// The latest durable state of one index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Slot<V> {
+    pub promised: Ballot,
+    pub accepted: Ballot,
+    pub chosen: bool,
+    pub value: Option<V>,
+}
+
+/// Everything a store knows, as of its last durable write.
+#[derive(Clone, Debug)]
+pub(crate) struct LogState<V> {
+    pub node: NodeState,
+    /// Every index at or below this was dropped by `compact`.
+    pub compacted_through: Index,
+    /// Largest k >= compacted_through with every index in (compacted_through, k] chosen.
+    pub chosen_through: Index,
+    /// Highest index that ever had a record, at least `compacted_through`.
+    pub last_index: Index,
+    /// Every held index (> compacted_through) that has a record.
+    pub slots: BTreeMap<Index, Slot<V>>,
+}
+
+impl<V: HeldValue> LogState<V> {
+    pub fn new(compacted_through: Index) -> LogState<V> {
+        LogState {
+            node: NodeState::default(),
+            compacted_through,
+            chosen_through: compacted_through,
+            last_index: compacted_through,
+            slots: BTreeMap::new(),
+        }
+    }
+
+    /// Checks the batch against the write contract before anything of it is
+    /// written: indices are non-zero, a chosen instance has a value, and a
+    /// `Chosen` mark follows a value (earlier in the batch or already held).
+    pub fn validate(&self, batch: &[Record]) -> Result<(), StorageError> {
+        // Indices given a value (or had it removed) earlier in this batch.
+        let mut in_batch: Vec<(Index, bool)> = Vec::new();
+        for (position, record) in batch.iter().enumerate() {
+            match record {
+                Record::Node(_) => {}
+                Record::Instance(state) => {
+                    if state.index == 0 || state.index == Index::MAX {
+                        return Err(StorageError::invalid(format!(
+                            "record {position}: instance index {} is out of range",
+                            state.index
+                        )));
+                    }
+                    if state.chosen && state.value.is_none() {
+                        return Err(StorageError::invalid(format!(
+                            "record {position}: index {} is chosen without a value",
+                            state.index
+                        )));
+                    }
+                    in_batch.push((state.index, state.value.is_some()));
+                }
+                Record::Chosen(index) => {
+                    if *index == 0 {
+                        return Err(StorageError::invalid(format!(
+                            "record {position}: chosen mark for index 0"
+                        )));
+                    }
+                    if *index <= self.compacted_through {
+                        continue;
+                    }
+                    let has_value = match in_batch.iter().rev().find(|(i, _)| i == index) {
+                        Some((_, has_value)) => *has_value,
+                        None => self
+                            .slots
+                            .get(index)
+                            .is_some_and(|slot| slot.value.is_some()),
+                    };
+                    if !has_value {
+                        return Err(StorageError::invalid(format!(
+                            "record {position}: chosen mark for index {index}, which holds no value"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one `Instance` record whose value (if any) is held as `value`.
+    pub fn apply_instance(&mut self, state: &InstanceState, value: Option<V>) {
+        debug_assert_eq!(state.value.is_some(), value.is_some());
+        if state.index <= self.compacted_through {
+            return;
+        }
+        let chosen = state.chosen;
+        self.slots.insert(
+            state.index,
+            Slot {
+                promised: state.promised,
+                accepted: state.accepted,
+                chosen,
+                value,
+            },
+        );
+        self.last_index = self.last_index.max(state.index);
+        if !chosen && state.index <= self.chosen_through {
+            // The contract lets an Instance record replace a chosen state;
+            // the prefix then ends just below it.
+            self.chosen_through = state.index - 1;
+        }
+        self.advance_chosen_through();
+    }
+
+    /// Applies a `Chosen` mark; false if the index holds no value (the caller
+    /// treats that as corruption when replaying, validation prevents it when
+    /// writing).
+    pub fn apply_chosen(&mut self, index: Index) -> bool {
+        if index <= self.compacted_through {
+            return true;
+        }
+        match self.slots.get_mut(&index) {
+            Some(slot) if slot.value.is_some() => {
+                slot.chosen = true;
+                self.advance_chosen_through();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn advance_chosen_through(&mut self) {
+        while let Some(next) = self.chosen_through.checked_add(1) {
+            match self.slots.get(&next) {
+                Some(slot) if slot.chosen => self.chosen_through = next,
+                _ => break,
+            }
+        }
+    }
+
+    /// Drops every index at or below `through` (no-op when already dropped).
+    pub fn compact(&mut self, through: Index) {
+        if through <= self.compacted_through {
+            return;
+        }
+        self.compacted_through = through;
+        self.slots = self.slots.split_off(&through.saturating_add(1));
+        self.last_index = self.last_index.max(through);
+        self.chosen_through = self.chosen_through.max(through);
+        self.advance_chosen_through();
+    }
+
+    pub fn bounds(&self) -> (Index, Index) {
+        (self.compacted_through + 1, self.last_index)
+    }
+
+    /// The chosen value's handle at `index`.
+    pub fn chosen(&self, index: Index) -> Result<Option<&V>, StorageError> {
+        if index <= self.compacted_through {
+            return Err(StorageError::Compacted {
+                first_index: self.compacted_through + 1,
+            });
+        }
+        Ok(self
+            .slots
+            .get(&index)
+            .filter(|slot| slot.chosen)
+            .and_then(|slot| slot.value.as_ref()))
+    }
+
+    /// The handles `chosen_range` returns: consecutive chosen indices from
+    /// `from`, within `bytes_max` payload bytes (at least one entry).
+    pub fn chosen_range(
+        &self,
+        from: Index,
+        to: Index,
+        bytes_max: usize,
+    ) -> Result<Vec<(Index, &V)>, StorageError> {
+        if from <= self.compacted_through {
+            return Err(StorageError::Compacted {
+                first_index: self.compacted_through + 1,
+            });
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut expected = from;
+        for (&index, slot) in self.slots.range(from..=to.max(from)) {
+            if index != expected || !slot.chosen || index > to {
+                break;
+            }
+            let Some(value) = slot.value.as_ref() else {
+                break;
+            };
+            let len = value.payload_len();
+            if !out.is_empty() && bytes.saturating_add(len) > bytes_max {
+                break;
+            }
+            bytes = bytes.saturating_add(len);
+            out.push((index, value));
+            expected = index + 1;
+        }
+        Ok(out)
+    }
+
+    /// Calls `load` for every value `recover` must return and assembles the
+    /// recovered state.
+    pub fn recover(
+        &self,
+        dedup_window: u64,
+        mut load: impl FnMut(Index, &V) -> Result<Value, StorageError>,
+    ) -> Result<spaxos_core::RecoveredState, StorageError> {
+        let mut instances = Vec::new();
+        for (&index, slot) in self.slots.range(self.chosen_through.saturating_add(1)..) {
+            let value = match &slot.value {
+                Some(held) => Some(load(index, held)?),
+                None => None,
+            };
+            instances.push(InstanceState {
+                index,
+                promised: slot.promised,
+                accepted: slot.accepted,
+                value,
+                chosen: slot.chosen,
+            });
+        }
+        let window_start = self.chosen_through.saturating_sub(dedup_window) + 1;
+        let recent_reqids = self
+            .slots
+            .range(window_start..=self.chosen_through)
+            .filter(|(_, slot)| slot.chosen)
+            .filter_map(|(&index, slot)| {
+                let reqid = slot.value.as_ref()?.reqid()?;
+                Some((index, reqid))
+            })
+            .collect();
+        Ok(spaxos_core::RecoveredState {
+            node: self.node,
+            chosen_through: self.chosen_through,
+            instances,
+            recent_reqids,
+        })
+    }
+}
