@@ -6,9 +6,13 @@
 //! ([`Node::tick`]), and drains a [`Ready`] with hard state to persist,
 //! messages to send after it is durable, decided entries and outcomes.
 
+mod acceptor;
 pub mod config;
+mod leader;
+mod learner;
 pub mod message;
 pub mod node;
+mod proposer;
 pub mod ready;
 pub mod types;
 

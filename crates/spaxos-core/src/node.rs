@@ -1,6 +1,744 @@
-//! Placeholder while the node is written (replaced in the next commit).
-pub struct Node;
-pub struct NodeStatus;
-pub enum Role { Follower }
-#[derive(Debug, thiserror::Error)]
-pub enum ProposeError { #[error("busy")] Busy }
+//! The protocol node: state, public API, and the dispatch of inputs to the
+//! role handlers (`acceptor.rs`, `leader.rs`, `proposer.rs`, `learner.rs`).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{ConfigError, CoreConfig};
+use crate::message::{Body, Message};
+use crate::proposer::SingleProposer;
+use crate::ready::Ready;
+use crate::types::{
+    Ballot, Index, InstanceState, NodeId, NodeState, Outcome, Record, RecoveredState, ReqId,
+    Value,
+};
+
+/// Hasher for maps keyed by `u64` ids (reqids, indices): one multiply, no
+/// per-map random state (the core must be deterministic anyway).
+#[derive(Default, Clone, Copy)]
+pub struct U64Hasher(u64);
+
+impl Hasher for U64Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(self.0 ^ byte as u64);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let x = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 29);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<U64Hasher>>;
+
+/// A proposal was refused before it entered the protocol; nothing was sent.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum ProposeError {
+    #[error("reqid must be non-zero")]
+    ZeroReqId,
+    #[error("a no-op cannot be proposed")]
+    Noop,
+    #[error("value of {size} bytes exceeds value_bytes_max ({max})")]
+    TooLarge { size: usize, max: usize },
+    #[error("reqid {0} is already pending on this node")]
+    Duplicate(ReqId),
+    #[error("{0} proposals are pending on this node; retry later")]
+    Busy(usize),
+}
+
+/// The role a node plays right now.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+/// A snapshot of a node's progress, for `status()` and tests.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub role: Role,
+    /// The leader this node follows (itself when leading).
+    pub leader: Option<NodeId>,
+    pub leader_ballot: Ballot,
+    /// Every index at or below this is chosen and delivered.
+    pub chosen_through: Index,
+    /// Highest index known to exist.
+    pub max_index: Index,
+    /// Proposals made here without an outcome yet.
+    pub pending: usize,
+    /// Instances held in memory.
+    pub instances: usize,
+    /// Chosen entries delivered as no-ops because their reqid was already
+    /// chosen within the dedup window.
+    pub duplicates_suppressed: u64,
+    /// Set when a catch-up peer had compacted the indices this node needs.
+    pub catchup_compacted_below: Option<Index>,
+}
+
+/// Durable and volatile state of one live index.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Instance {
+    // Acceptor (durable: mirrored in `Record::Instance`).
+    pub promised: Ballot,
+    pub accepted: Ballot,
+    pub value: Option<Value>,
+    pub chosen: bool,
+    // Leader bookkeeping: votes for `vote_ballot` by member slot.
+    pub vote_ballot: Ballot,
+    pub votes: u64,
+    pub proposed_at: u64,
+    /// A proposal made on this node was tried at this index.
+    pub origin_reqid: ReqId,
+    pub created_at: u64,
+    /// Single-index Paxos run by this node (leaderless proposal or no-op).
+    pub proposer: Option<Box<SingleProposer>>,
+}
+
+/// A proposal made on this node that has no outcome yet.
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub value: Value,
+    /// The index it is being tried at, when known.
+    pub assigned: Option<Index>,
+    /// It was forwarded at least once: a copy may sit at an index this node
+    /// never learned, so a loss cannot be reported as final.
+    pub forwarded: bool,
+    /// Tick of the last send (forward retries).
+    pub sent_at: u64,
+}
+
+pub(crate) struct Candidate {
+    pub ballot: Ballot,
+    pub from_index: Index,
+    pub promises: u64,
+    /// Highest-ballot accepted value reported per index.
+    pub entries: BTreeMap<Index, (Ballot, Value)>,
+    /// Values reported as chosen.
+    pub chosen: Vec<(Index, Value)>,
+    pub chosen_through: Index,
+    pub chosen_through_from: NodeId,
+}
+
+pub(crate) struct Leader {
+    pub ballot: Ballot,
+    /// Next index to assign.
+    pub next_index: Index,
+    /// Reqids assigned during this leadership and not yet delivered.
+    pub assigned: FastMap<ReqId, Index>,
+    /// Proposals waiting for an in-flight slot, with their origin node.
+    pub queue: VecDeque<(Value, NodeId)>,
+    /// Members heard from since the last quorum check (bit per slot).
+    pub heard: u64,
+    pub last_heartbeat: u64,
+    pub quorum_check_at: u64,
+    pub last_retry_scan: u64,
+}
+
+pub(crate) enum RoleState {
+    Follower,
+    Candidate(Candidate),
+    Leader(Leader),
+}
+
+/// One member's protocol state machine. See the crate docs for the driving
+/// loop.
+///
+/// ```
+/// use spaxos_core::{CoreConfig, Node, Value};
+/// let mut node = Node::new(CoreConfig::new(1, vec![1])).unwrap();
+/// // A single-member group elects itself after its election timeout.
+/// let mut chosen = Vec::new();
+/// node.propose(Value::One { reqid: 7, value: "hello".into() }).unwrap();
+/// for _ in 0..100 {
+///     node.tick();
+///     let ready = node.ready();
+///     // (persist ready.records here, then deliver the messages)
+///     for msg in ready.messages.into_iter().chain(ready.messages_now) {
+///         node.step(msg);
+///     }
+///     chosen.extend(ready.chosen);
+/// }
+/// assert_eq!(chosen[0].value.reqid(), Some(7));
+/// ```
+pub struct Node {
+    pub(crate) cfg: CoreConfig,
+    pub(crate) id: NodeId,
+    /// Members, sorted; a member's slot is its position (vote bitmasks).
+    pub(crate) members: Vec<NodeId>,
+    pub(crate) quorum: usize,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) now: u64,
+
+    pub(crate) state: NodeState,
+    pub(crate) max_round_seen: u64,
+
+    /// First index held in `instances`; every index below is chosen and delivered.
+    pub(crate) base: Index,
+    pub(crate) instances: VecDeque<Instance>,
+    pub(crate) max_index: Index,
+
+    /// reqid -> index of chosen entries within the dedup window.
+    pub(crate) recent: FastMap<ReqId, Index>,
+    pub(crate) recent_order: VecDeque<(Index, ReqId)>,
+    pub(crate) duplicates_suppressed: u64,
+
+    pub(crate) role: RoleState,
+    pub(crate) leader: Option<(NodeId, Ballot)>,
+    pub(crate) election_elapsed: u64,
+    pub(crate) election_timeout: u64,
+    /// Tick since which no leader is known.
+    pub(crate) leaderless_since: u64,
+
+    pub(crate) pending: FastMap<ReqId, Pending>,
+    /// Proposals made here waiting for a leader or a leaderless slot.
+    pub(crate) queue: VecDeque<ReqId>,
+    /// Forward retries: (due tick, reqid).
+    pub(crate) forward_retries: VecDeque<(u64, ReqId)>,
+    pub(crate) leaderless_active: usize,
+    pub(crate) noop_scan_at: u64,
+
+    /// Highest chosen-through reported by a peer, and who reported it.
+    pub(crate) known_chosen_through: (Index, NodeId),
+    pub(crate) catchup_sent_at: Option<u64>,
+    pub(crate) catchup_compacted_below: Option<Index>,
+
+    pub(crate) out: Ready,
+    /// Leader accepts gathered during this step, broadcast at `ready()`.
+    pub(crate) accept_batch: Vec<(Index, Value)>,
+    /// Indices the local acceptor accepted as leader, acknowledged to itself
+    /// after they are durable.
+    pub(crate) self_accepted: Vec<Index>,
+    pub(crate) forward_batch: Vec<Value>,
+    pub(crate) forward_acks: BTreeMap<NodeId, Vec<(ReqId, Index)>>,
+}
+
+impl Node {
+    /// A fresh node with empty durable state.
+    pub fn new(cfg: CoreConfig) -> Result<Node, ConfigError> {
+        Node::restore(cfg, RecoveredState::default())
+    }
+
+    /// A node continuing from recovered durable state (the seed's rebuild).
+    pub fn restore(cfg: CoreConfig, recovered: RecoveredState) -> Result<Node, ConfigError> {
+        cfg.validate()?;
+        let mut members = cfg.members.clone();
+        members.sort_unstable();
+        let quorum = cfg.quorum();
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.rng_seed ^ cfg.id.wrapping_mul(0x2545_F491));
+        let election_timeout = cfg.election_timeout_ticks as u64
+            + rng.random_range(0..cfg.election_timeout_range_ticks.max(1) as u64);
+        let base = recovered.chosen_through + 1;
+        let mut node = Node {
+            id: cfg.id,
+            members,
+            quorum,
+            rng,
+            now: 0,
+            state: recovered.node,
+            max_round_seen: recovered
+                .node
+                .max_round
+                .max(recovered.node.promised.round),
+            base,
+            instances: VecDeque::new(),
+            max_index: recovered.chosen_through,
+            recent: FastMap::default(),
+            recent_order: VecDeque::new(),
+            duplicates_suppressed: 0,
+            role: RoleState::Follower,
+            leader: None,
+            election_elapsed: 0,
+            election_timeout,
+            leaderless_since: 0,
+            pending: FastMap::default(),
+            queue: VecDeque::new(),
+            forward_retries: VecDeque::new(),
+            leaderless_active: 0,
+            noop_scan_at: 0,
+            known_chosen_through: (0, 0),
+            catchup_sent_at: None,
+            catchup_compacted_below: None,
+            out: Ready::default(),
+            accept_batch: Vec::new(),
+            self_accepted: Vec::new(),
+            forward_batch: Vec::new(),
+            forward_acks: BTreeMap::new(),
+            cfg,
+        };
+        for (index, reqid) in recovered.recent_reqids {
+            if index <= recovered.chosen_through {
+                node.remember_reqid(index, reqid);
+            }
+        }
+        for st in recovered.instances {
+            if st.index < base {
+                continue;
+            }
+            assert!(
+                st.index - base < (1 << 24),
+                "recovered instance {} far beyond chosen_through {}",
+                st.index,
+                base - 1
+            );
+            let inst = node.instance_mut_force(st.index);
+            inst.promised = st.promised;
+            inst.accepted = st.accepted;
+            inst.value = st.value;
+            inst.chosen = st.chosen;
+            node.max_round_seen = node.max_round_seen.max(st.promised.round);
+            node.max_index = node.max_index.max(st.index);
+        }
+        node.advance_prefix();
+        Ok(node)
+    }
+
+    // ----- public API -----
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Offers a proposal. Its outcome arrives later in [`Ready::outcomes`].
+    pub fn propose(&mut self, value: Value) -> Result<(), ProposeError> {
+        let reqid = match value.reqid() {
+            None => return Err(ProposeError::Noop),
+            Some(0) => return Err(ProposeError::ZeroReqId),
+            Some(r) => r,
+        };
+        let size = value.payload_len();
+        if size > self.cfg.value_bytes_max {
+            return Err(ProposeError::TooLarge {
+                size,
+                max: self.cfg.value_bytes_max,
+            });
+        }
+        if self.pending.contains_key(&reqid) {
+            return Err(ProposeError::Duplicate(reqid));
+        }
+        if let Some(&index) = self.recent.get(&reqid) {
+            // Already in the log: that is its outcome.
+            self.out.outcomes.push((reqid, Outcome::Chosen { index }));
+            return Ok(());
+        }
+        if self.pending.len() >= self.cfg.proposal_queue_max {
+            return Err(ProposeError::Busy(self.pending.len()));
+        }
+        self.pending.insert(
+            reqid,
+            Pending {
+                value,
+                assigned: None,
+                forwarded: false,
+                sent_at: self.now,
+            },
+        );
+        self.dispatch(reqid);
+        Ok(())
+    }
+
+    /// Feeds a message from the network (or a message to self after its
+    /// batch is durable). Messages from non-members are ignored.
+    pub fn step(&mut self, msg: Message) {
+        if msg.to != self.id || self.slot(msg.from).is_none() {
+            return;
+        }
+        let from = msg.from;
+        match msg.body {
+            Body::Prepare { ballot, index } => {
+                self.see_ballot(ballot);
+                self.on_prepare(from, ballot, index)
+            }
+            Body::Promise {
+                ballot,
+                index,
+                accepted,
+                value,
+            } => self.on_promise(from, ballot, index, accepted, value),
+            Body::PrepareRange { ballot, from_index } => {
+                self.see_ballot(ballot);
+                self.on_prepare_range(from, ballot, from_index)
+            }
+            Body::PromiseRange {
+                ballot,
+                from_index,
+                chosen_through,
+                entries,
+            } => self.on_promise_range(from, ballot, from_index, chosen_through, entries),
+            Body::Accept {
+                ballot,
+                entries,
+                chosen_through,
+            } => {
+                self.see_ballot(ballot);
+                self.on_accept(from, ballot, entries, chosen_through)
+            }
+            Body::Accepted { ballot, indices } => self.on_accepted(from, ballot, &indices),
+            Body::Reject {
+                ballot,
+                promised,
+                index,
+            } => {
+                self.see_ballot(promised);
+                self.on_reject(from, ballot, promised, index)
+            }
+            Body::Heartbeat {
+                ballot,
+                chosen_through,
+                max_index,
+            } => {
+                self.see_ballot(ballot);
+                self.on_heartbeat(from, ballot, chosen_through, max_index)
+            }
+            Body::HeartbeatAck {
+                ballot,
+                chosen_through,
+                max_index,
+            } => self.on_heartbeat_ack(from, ballot, chosen_through, max_index),
+            Body::Learn { entries } => self.on_learn(from, entries),
+            Body::CatchupRequest {
+                from_index,
+                to_index,
+            } => self.on_catchup_request(from, from_index, to_index),
+            Body::Compacted { first_index } => self.on_compacted(from, first_index),
+            Body::Forward { values } => self.on_forward(from, values),
+            Body::ForwardAck { assigned } => self.on_forward_ack(assigned),
+        }
+        self.advance_prefix();
+    }
+
+    /// Advances logical time by one tick: timeouts, heartbeats, retries.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        match self.role {
+            RoleState::Leader(_) => self.leader_tick(),
+            RoleState::Candidate(_) | RoleState::Follower => {
+                self.election_elapsed += 1;
+                if self.election_elapsed >= self.election_timeout {
+                    self.start_election();
+                }
+            }
+        }
+        self.retry_forwards();
+        self.leaderless_tick();
+        self.proposers_tick();
+        self.catchup_tick();
+        self.advance_prefix();
+    }
+
+    /// Takes everything produced since the last call. See [`Ready`] for the
+    /// order in which the driver must act on it.
+    pub fn ready(&mut self) -> Ready {
+        self.flush_batches();
+        std::mem::take(&mut self.out)
+    }
+
+    /// True when [`Node::ready`] would return something.
+    pub fn has_ready(&self) -> bool {
+        !self.out.is_empty()
+            || !self.accept_batch.is_empty()
+            || !self.self_accepted.is_empty()
+            || !self.forward_batch.is_empty()
+            || !self.forward_acks.is_empty()
+    }
+
+    /// A snapshot of this node's progress.
+    pub fn status(&self) -> NodeStatus {
+        let (role, leader_ballot) = match &self.role {
+            RoleState::Follower => (
+                Role::Follower,
+                self.leader.map(|l| l.1).unwrap_or(Ballot::ZERO),
+            ),
+            RoleState::Candidate(c) => (Role::Candidate, c.ballot),
+            RoleState::Leader(l) => (Role::Leader, l.ballot),
+        };
+        NodeStatus {
+            id: self.id,
+            role,
+            leader: self.leader.map(|l| l.0),
+            leader_ballot,
+            chosen_through: self.base - 1,
+            max_index: self.max_index,
+            pending: self.pending.len(),
+            instances: self.instances.len(),
+            duplicates_suppressed: self.duplicates_suppressed,
+            catchup_compacted_below: self.catchup_compacted_below,
+        }
+    }
+
+    /// Every index at or below this is chosen and delivered.
+    pub fn chosen_through(&self) -> Index {
+        self.base - 1
+    }
+
+    /// The leader this node follows (itself when leading), if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader.map(|l| l.0)
+    }
+
+    /// True when this node leads.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, RoleState::Leader(_))
+    }
+
+    /// The node-wide hard state (for tests and checkers).
+    pub fn node_state(&self) -> NodeState {
+        self.state
+    }
+
+    /// The acceptor state of a live index (for tests and checkers).
+    pub fn instance_state(&self, index: Index) -> Option<InstanceState> {
+        self.instance(index).map(|inst| InstanceState {
+            index,
+            promised: inst.promised,
+            accepted: inst.accepted,
+            value: inst.value.clone(),
+            chosen: inst.chosen,
+        })
+    }
+
+    // ----- shared helpers -----
+
+    pub(crate) fn slot(&self, id: NodeId) -> Option<usize> {
+        self.members.iter().position(|&m| m == id)
+    }
+
+    pub(crate) fn bit(&self, id: NodeId) -> u64 {
+        match self.slot(id) {
+            Some(s) => 1u64 << s,
+            None => 0,
+        }
+    }
+
+    pub(crate) fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.id;
+        self.members.iter().copied().filter(move |&m| m != me)
+    }
+
+    pub(crate) fn see_ballot(&mut self, ballot: Ballot) {
+        self.max_round_seen = self.max_round_seen.max(ballot.round);
+    }
+
+    /// A ballot of this node above every round it has seen or used. The
+    /// caller must persist `state.max_round` before sending it.
+    pub(crate) fn next_ballot(&mut self) -> Ballot {
+        let round = self
+            .max_round_seen
+            .max(self.state.max_round)
+            .max(self.state.promised.round)
+            + 1;
+        self.state.max_round = round;
+        self.max_round_seen = round;
+        self.out.records.push(Record::Node(self.state));
+        Ballot::new(round, self.id)
+    }
+
+    pub(crate) fn instance(&self, index: Index) -> Option<&Instance> {
+        if index < self.base {
+            return None;
+        }
+        self.instances.get((index - self.base) as usize)
+    }
+
+    pub(crate) fn instance_mut(&mut self, index: Index) -> Option<&mut Instance> {
+        if index < self.base {
+            return None;
+        }
+        self.instances.get_mut((index - self.base) as usize)
+    }
+
+    /// The instance at `index`, created if missing, unless it is further than
+    /// `acceptor_window_max` past the first unchosen index.
+    pub(crate) fn instance_mut_bounded(&mut self, index: Index) -> Option<&mut Instance> {
+        if index < self.base || index - self.base >= self.cfg.acceptor_window_max {
+            return None;
+        }
+        Some(self.instance_mut_force(index))
+    }
+
+    pub(crate) fn instance_mut_force(&mut self, index: Index) -> &mut Instance {
+        assert!(index >= self.base, "instance {index} below base {}", self.base);
+        let offset = (index - self.base) as usize;
+        while self.instances.len() <= offset {
+            self.instances.push_back(Instance {
+                created_at: self.now,
+                ..Instance::default()
+            });
+        }
+        if index > self.max_index {
+            self.max_index = index;
+        }
+        &mut self.instances[offset]
+    }
+
+    pub(crate) fn persist_instance(&mut self, index: Index) {
+        let st = self
+            .instance_state(index)
+            .expect("persist_instance on a live index");
+        self.out.records.push(Record::Instance(st));
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, body: Body) {
+        let msg = Message {
+            from: self.id,
+            to,
+            body,
+        };
+        self.out.messages.push(msg);
+    }
+
+    pub(crate) fn send_now(&mut self, to: NodeId, body: Body) {
+        let msg = Message {
+            from: self.id,
+            to,
+            body,
+        };
+        // Messages to self always wait for durability (they carry votes).
+        if to == self.id {
+            self.out.messages.push(msg);
+        } else {
+            self.out.messages_now.push(msg);
+        }
+    }
+
+    pub(crate) fn random_ticks(&mut self, base: u32, range: u32) -> u64 {
+        base as u64 + self.rng.random_range(0..range.max(1) as u64)
+    }
+
+    pub(crate) fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.election_timeout = self.random_ticks(
+            self.cfg.election_timeout_ticks,
+            self.cfg.election_timeout_range_ticks,
+        );
+    }
+
+    /// Routes a pending proposal: to our own leadership, to the known leader,
+    /// or to the local queue (leaderless fallback after a delay).
+    pub(crate) fn dispatch(&mut self, reqid: ReqId) {
+        let Some(pending) = self.pending.get(&reqid) else {
+            return;
+        };
+        let value = pending.value.clone();
+        if self.is_leader() {
+            self.leader_submit(value, self.id);
+        } else if let Some((leader, _)) = self.leader {
+            let retry_at = self.now + self.cfg.forward_retry_ticks as u64;
+            let pending = self.pending.get_mut(&reqid).expect("checked above");
+            pending.forwarded = true;
+            pending.sent_at = self.now;
+            let _ = leader;
+            self.forward_batch.push(value);
+            self.forward_retries.push_back((retry_at, reqid));
+        } else {
+            self.queue.push_back(reqid);
+        }
+    }
+
+    /// Re-forwards proposals that got no assignment in time.
+    fn retry_forwards(&mut self) {
+        let retry = self.cfg.forward_retry_ticks as u64;
+        while let Some(&(due, reqid)) = self.forward_retries.front() {
+            if due > self.now {
+                break;
+            }
+            self.forward_retries.pop_front();
+            let stale = self
+                .pending
+                .get(&reqid)
+                .is_some_and(|p| p.assigned.is_none() && p.sent_at + retry <= self.now);
+            if stale {
+                self.dispatch(reqid);
+            }
+        }
+    }
+
+    fn flush_batches(&mut self) {
+        if !self.accept_batch.is_empty() {
+            let ballot = match &self.role {
+                RoleState::Leader(l) => Some(l.ballot),
+                _ => None,
+            };
+            let entries = std::mem::take(&mut self.accept_batch);
+            if let Some(ballot) = ballot {
+                self.broadcast_accepts(ballot, entries, None);
+            }
+        }
+        if !self.self_accepted.is_empty() {
+            if let RoleState::Leader(l) = &self.role {
+                let ballot = l.ballot;
+                let indices = std::mem::take(&mut self.self_accepted);
+                self.send(self.id, Body::Accepted { ballot, indices });
+            } else {
+                self.self_accepted.clear();
+            }
+        }
+        if !self.forward_batch.is_empty() {
+            let values = std::mem::take(&mut self.forward_batch);
+            match self.leader {
+                Some((leader, _)) if leader != self.id => {
+                    self.send_now(leader, Body::Forward { values })
+                }
+                // Leadership changed within this step: the retry timer
+                // resends them.
+                _ => {}
+            }
+        }
+        for (to, assigned) in std::mem::take(&mut self.forward_acks) {
+            self.send_now(to, Body::ForwardAck { assigned });
+        }
+    }
+
+    /// Sends accept requests for `entries` to every peer (or only to
+    /// `only_to`), split so each message stays under `batch_bytes_max`.
+    pub(crate) fn broadcast_accepts(
+        &mut self,
+        ballot: Ballot,
+        entries: Vec<(Index, Value)>,
+        only_to: Option<NodeId>,
+    ) {
+        let chosen_through = self.base - 1;
+        let mut chunks: Vec<Vec<(Index, Value)>> = Vec::new();
+        let mut bytes = 0usize;
+        let mut current: Vec<(Index, Value)> = Vec::new();
+        for (index, value) in entries {
+            let len = value.payload_len() + 16;
+            if !current.is_empty() && bytes + len > self.cfg.batch_bytes_max {
+                chunks.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes += len;
+            current.push((index, value));
+        }
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        let targets: Vec<NodeId> = match only_to {
+            Some(to) => vec![to],
+            None => self.peers().collect(),
+        };
+        for chunk in chunks {
+            for &to in &targets {
+                self.send_now(
+                    to,
+                    Body::Accept {
+                        ballot,
+                        entries: chunk.clone(),
+                        chosen_through,
+                    },
+                );
+            }
+        }
+    }
+}

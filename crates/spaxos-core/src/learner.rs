@@ -1,0 +1,285 @@
+//! Learning what is chosen: vote quorums, the leader's `chosen_through`,
+//! `Learn` messages and catch-up; then delivering the contiguous prefix in
+//! index order with duplicate suppression, outcomes and retirement.
+
+use rand::Rng;
+
+use crate::message::Body;
+use crate::node::{Node, RoleState};
+use crate::ready::ReadRequest;
+use crate::types::{Ballot, ChosenItem, Index, InstanceState, NodeId, Outcome, Record, ReqId, Value};
+
+impl Node {
+    /// The value accepted locally at `index` is chosen (a vote quorum
+    /// accepted it at the ballot it was accepted at).
+    pub(crate) fn mark_chosen(&mut self, index: Index) {
+        let Some(inst) = self.instance_mut(index) else {
+            return;
+        };
+        if inst.chosen {
+            return;
+        }
+        assert!(
+            inst.value.is_some(),
+            "index {index} chosen without an accepted value"
+        );
+        inst.chosen = true;
+        let had_proposer = inst.proposer.take().is_some();
+        if had_proposer {
+            self.leaderless_active -= 1;
+        }
+        self.out.records.push(Record::Chosen(index));
+    }
+
+    /// `value` is chosen at `index` (learned from a peer or a quorum).
+    pub(crate) fn learn_value(&mut self, index: Index, value: Value) {
+        if index < self.base {
+            return;
+        }
+        let leader_ballot = match &self.role {
+            RoleState::Leader(l) => Some(l.ballot),
+            _ => None,
+        };
+        let Some(inst) = self.instance_mut_bounded(index) else {
+            return;
+        };
+        if inst.chosen {
+            // Safety: at most one value is ever chosen per index.
+            assert!(
+                inst.value.as_ref() == Some(&value),
+                "two values chosen at index {index}: {:?} and {:?}",
+                inst.value,
+                value
+            );
+            return;
+        }
+        // Our own proposal at this ballot lost: someone with a higher ballot
+        // decided this index, so this leadership is over.
+        let preempted = leader_ballot.is_some_and(|b| {
+            inst.vote_ballot == b && inst.accepted == b && inst.value.as_ref() != Some(&value)
+        });
+        let same = inst.value.as_ref() == Some(&value);
+        inst.chosen = true;
+        let had_proposer = inst.proposer.take().is_some();
+        if same {
+            self.out.records.push(Record::Chosen(index));
+        } else {
+            inst.value = Some(value);
+            self.persist_instance(index);
+        }
+        if had_proposer {
+            self.leaderless_active -= 1;
+        }
+        if preempted {
+            self.step_down();
+        }
+    }
+
+    /// The node with `ballot` says every index up to `chosen_through` is
+    /// chosen. Where we accepted that same ballot, our value is the chosen
+    /// one (a proposer sends one value per index per ballot, and a leader
+    /// that sees another value chosen steps down before saying so);
+    /// elsewhere catch-up fetches the value.
+    pub(crate) fn learn_chosen_through(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        chosen_through: Index,
+    ) {
+        if chosen_through > self.known_chosen_through.0 {
+            self.known_chosen_through = (chosen_through, from);
+        }
+        if chosen_through < self.base || self.instances.is_empty() {
+            return;
+        }
+        let last = (chosen_through - self.base).min(self.instances.len() as u64 - 1) as usize;
+        let mut found = Vec::new();
+        for (offset, inst) in self.instances.iter().enumerate().take(last + 1) {
+            if !inst.chosen && inst.accepted == ballot && inst.value.is_some() {
+                found.push(self.base + offset as u64);
+            }
+        }
+        for index in found {
+            self.mark_chosen(index);
+        }
+    }
+
+    /// Delivers every chosen index at the front, in order, and retires it
+    /// from memory.
+    pub(crate) fn advance_prefix(&mut self) {
+        let mut advanced = false;
+        while self.instances.front().is_some_and(|i| i.chosen) {
+            let inst = self.instances.pop_front().expect("front checked");
+            let index = self.base;
+            self.base += 1;
+            advanced = true;
+            if inst.proposer.is_some() {
+                self.leaderless_active -= 1;
+            }
+            let raw = inst.value.expect("a chosen instance holds its value");
+            let raw_reqid = raw.reqid();
+            let mut value = raw;
+            if let Some(reqid) = raw_reqid {
+                if self.recent.contains_key(&reqid) {
+                    // The same request reached the log twice (a retry across
+                    // a leader change). Every node decides this the same way
+                    // from the log alone, so all deliver a no-op here.
+                    self.duplicates_suppressed += 1;
+                    value = Value::Noop;
+                    self.out.records.push(Record::Instance(InstanceState {
+                        index,
+                        promised: inst.promised,
+                        accepted: inst.accepted,
+                        value: Some(Value::Noop),
+                        chosen: true,
+                    }));
+                } else {
+                    self.remember_reqid(index, reqid);
+                    if self.pending.remove(&reqid).is_some() {
+                        self.out
+                            .outcomes
+                            .push((reqid, Outcome::Chosen { index }));
+                    }
+                }
+                if let RoleState::Leader(l) = &mut self.role {
+                    if l.assigned.get(&reqid) == Some(&index) {
+                        l.assigned.remove(&reqid);
+                    }
+                }
+            }
+            if inst.origin_reqid != 0 && raw_reqid != Some(inst.origin_reqid) {
+                self.lost(inst.origin_reqid, index);
+            }
+            self.out.chosen.push(ChosenItem { index, value });
+        }
+        if self.max_index < self.base - 1 {
+            self.max_index = self.base - 1;
+        }
+        if advanced {
+            self.evict_recent();
+            if self.is_leader() {
+                self.leader_drain_queue();
+            }
+        }
+    }
+
+    pub(crate) fn remember_reqid(&mut self, index: Index, reqid: ReqId) {
+        self.recent.insert(reqid, index);
+        self.recent_order.push_back((index, reqid));
+    }
+
+    fn evict_recent(&mut self) {
+        let window = self.cfg.dedup_window;
+        let last = self.base - 1;
+        while let Some(&(index, reqid)) = self.recent_order.front() {
+            if index + window > last {
+                break;
+            }
+            self.recent_order.pop_front();
+            if self.recent.get(&reqid) == Some(&index) {
+                self.recent.remove(&reqid);
+            }
+        }
+    }
+
+    /// Another value was chosen at `index`, where the proposal `reqid` was
+    /// being tried.
+    pub(crate) fn lost(&mut self, reqid: ReqId, index: Index) {
+        let Some(p) = self.pending.get_mut(&reqid) else {
+            return;
+        };
+        if p.assigned != Some(index) {
+            return;
+        }
+        p.assigned = None;
+        // A forwarded proposal may have a copy at an index we never heard
+        // of, so only a never-forwarded one can be reported lost for good.
+        if !self.cfg.retry_lost && !p.forwarded {
+            self.pending.remove(&reqid);
+            self.out.outcomes.push((reqid, Outcome::Lost { index }));
+            return;
+        }
+        self.dispatch(reqid);
+    }
+
+    pub(crate) fn on_learn(&mut self, _from: NodeId, entries: Vec<(Index, Value)>) {
+        self.catchup_sent_at = None;
+        for (index, value) in entries {
+            self.learn_value(index, value);
+        }
+    }
+
+    /// Serves chosen values: from memory when live, from storage (via
+    /// `Ready::reads`) when retired.
+    pub(crate) fn on_catchup_request(&mut self, from: NodeId, from_index: Index, to_index: Index) {
+        if from_index == 0 || to_index < from_index {
+            return;
+        }
+        let to_index = to_index.min(from_index + self.cfg.catchup_batch_max - 1);
+        if from_index < self.base {
+            self.out.reads.push(ReadRequest {
+                to: from,
+                from_index,
+                to_index: to_index.min(self.base - 1),
+            });
+        }
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        let mut index = from_index.max(self.base);
+        while index <= to_index {
+            let Some(value) = self
+                .instance(index)
+                .filter(|i| i.chosen)
+                .and_then(|i| i.value.clone())
+            else {
+                break;
+            };
+            bytes += value.payload_len() + 16;
+            entries.push((index, value));
+            if bytes >= self.cfg.batch_bytes_max {
+                break;
+            }
+            index += 1;
+        }
+        if !entries.is_empty() {
+            self.send_now(from, Body::Learn { entries });
+        }
+    }
+
+    pub(crate) fn on_compacted(&mut self, _from: NodeId, first_index: Index) {
+        if first_index > self.base {
+            self.catchup_compacted_below = Some(first_index);
+        }
+    }
+
+    /// Asks the most advanced peer we know of for what we miss.
+    pub(crate) fn catchup_tick(&mut self) {
+        let (chosen_through, mut peer) = self.known_chosen_through;
+        if chosen_through < self.base || peer == 0 {
+            return;
+        }
+        if let Some(sent) = self.catchup_sent_at {
+            if self.now - sent < self.cfg.catchup_retry_ticks as u64 {
+                return;
+            }
+            // No answer: that peer may be down; ask another one.
+            let others: Vec<NodeId> = self.peers().collect();
+            if others.is_empty() {
+                return;
+            }
+            peer = others[self.rng.random_range(0..others.len())];
+        }
+        if peer == self.id {
+            return;
+        }
+        let to_index = chosen_through.min(self.base + self.cfg.catchup_batch_max - 1);
+        self.catchup_sent_at = Some(self.now);
+        self.send_now(
+            peer,
+            Body::CatchupRequest {
+                from_index: self.base,
+                to_index,
+            },
+        );
+    }
+}
