@@ -1,1 +1,7 @@
+//! spaxos: a replicated, durable, ordered log agreed by Multi-Paxos.
 
+pub mod config;
+pub mod transport;
+
+pub use config::Config;
+pub use transport::{Transport, TransportHandle};
