@@ -677,6 +677,18 @@ fn check_batch(data: &[u8], offset: usize, expected_seq: u64) -> BatchCheck {
         }
         return bad("batch checksum mismatch");
     }
+    // Padding is not checksummed, so it must be zeros (it may be cut off by
+    // the end of the file).
+    let body_end = offset + BATCH_HEADER_LEN + header.body_len;
+    let padding = data
+        .get(body_end..align(body_end).min(data.len()))
+        .unwrap_or(&[]);
+    if let Some(at) = padding.iter().position(|&b| b != 0) {
+        return BatchCheck::Bad {
+            offset: body_end + at,
+            reason: "non-zero padding after a batch",
+        };
+    }
     BatchCheck::Valid(header)
 }
 

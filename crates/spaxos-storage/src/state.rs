@@ -245,10 +245,17 @@ impl<V: HeldValue> LogState<V> {
                 chosen: slot.chosen,
             });
         }
-        let window_start = self.chosen_through.saturating_sub(dedup_window) + 1;
+        // (chosen_through - dedup_window, chosen_through], and never below
+        // what is held.
+        let window_start = self
+            .chosen_through
+            .saturating_sub(dedup_window)
+            .saturating_add(1)
+            .max(self.compacted_through.saturating_add(1));
+        let window_end = self.chosen_through.saturating_add(1).max(window_start);
         let recent_reqids = self
             .slots
-            .range(window_start..=self.chosen_through)
+            .range(window_start..window_end)
             .filter(|(_, slot)| slot.chosen)
             .filter_map(|(&index, slot)| {
                 let reqid = slot.value.as_ref()?.reqid()?;

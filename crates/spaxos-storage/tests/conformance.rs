@@ -1,0 +1,320 @@
+//! The conformance suite: every `Storage` implementation must pass it. Each
+//! case runs against `MemStorage` and against `DiskStorage` with tiny
+//! segments (many rotations) and with preallocated segments.
+
+mod common;
+
+use common::*;
+use spaxos_core::{Ballot, InstanceState, NodeState, Record, Value};
+use spaxos_storage::{DiskOptions, Preallocate, Storage, StorageError};
+
+fn empty_store<H: Harness>(h: &mut H) {
+    let store = h.open();
+    assert_eq!(store.bounds(), (1, 0));
+    let recovered = store.recover(10).unwrap();
+    assert_eq!(recovered, Default::default());
+    assert_eq!(store.chosen(1).unwrap(), None);
+    assert!(store.chosen_range(1, 10, 1000).unwrap().is_empty());
+    let store = h.reopen(store);
+    assert_eq!(store.bounds(), (1, 0));
+}
+
+fn write_then_read<H: Harness>(h: &mut H) {
+    let mut store = h.open();
+    store
+        .write(&[
+            node(3),
+            accepted(1, 3, value(11, 10)),
+            accepted(2, 3, value(12, 10)),
+        ])
+        .unwrap();
+    assert_eq!(store.chosen(1).unwrap(), None, "accepted is not chosen");
+    store.write(&[Record::Chosen(1)]).unwrap();
+    assert_eq!(store.chosen(1).unwrap(), Some(value(11, 10)));
+    assert_eq!(store.bounds(), (1, 2));
+    for round in 0..2 {
+        let recovered = store.recover(10).unwrap();
+        assert_eq!(recovered.node.max_round, 3, "round {round}");
+        assert_eq!(recovered.chosen_through, 1);
+        assert_eq!(recovered.recent_reqids, vec![(1, 11)]);
+        assert_eq!(
+            recovered.instances,
+            vec![InstanceState {
+                index: 2,
+                promised: Ballot::new(3, 1),
+                accepted: Ballot::new(3, 1),
+                value: Some(value(12, 10)),
+                chosen: false,
+            }]
+        );
+        assert_eq!(store.chosen(1).unwrap(), Some(value(11, 10)));
+        store = h.reopen(store);
+    }
+}
+
+fn later_records_replace_earlier<H: Harness>(h: &mut H) {
+    let mut store = h.open();
+    store
+        .write(&[node(1), accepted(5, 1, value(1, 4))])
+        .unwrap();
+    store
+        .write(&[
+            node(2),
+            accepted(5, 2, value(2, 4)),
+            Record::Chosen(5),
+            node(4),
+        ])
+        .unwrap();
+    // A promise-only record for an index.
+    store
+        .write(&[Record::Instance(InstanceState {
+            index: 7,
+            promised: Ballot::new(9, 3),
+            accepted: Ballot::ZERO,
+            value: None,
+            chosen: false,
+        })])
+        .unwrap();
+    let store = h.reopen(store);
+    let recovered = store.recover(10).unwrap();
+    assert_eq!(
+        recovered.node,
+        NodeState {
+            max_round: 4,
+            promised: Ballot::new(4, 2)
+        }
+    );
+    assert_eq!(recovered.chosen_through, 0, "1..=4 have no records");
+    assert_eq!(recovered.instances.len(), 2);
+    assert_eq!(recovered.instances[0].value, Some(value(2, 4)));
+    assert!(recovered.instances[0].chosen);
+    assert_eq!(recovered.instances[1].promised, Ballot::new(9, 3));
+    assert_eq!(recovered.instances[1].value, None);
+    assert_eq!(store.chosen(5).unwrap(), Some(value(2, 4)));
+    assert_eq!(store.chosen(7).unwrap(), None);
+    assert_eq!(store.bounds(), (1, 7));
+}
+
+fn chosen_prefix_and_reqids<H: Harness>(h: &mut H) {
+    let mut store = h.open();
+    let mut batch = Vec::new();
+    for index in 1..=20 {
+        let v = if index % 5 == 0 {
+            Value::Noop
+        } else {
+            value(100 + index, 8)
+        };
+        batch.push(chosen(index, v));
+    }
+    batch.push(accepted(22, 1, value(999, 8)));
+    store.write(&batch).unwrap();
+    let store = h.reopen(store);
+    let recovered = store.recover(6).unwrap();
+    assert_eq!(recovered.chosen_through, 20);
+    // (14, 20], no-ops (15, 20) excluded.
+    assert_eq!(
+        recovered.recent_reqids,
+        vec![(16, 116), (17, 117), (18, 118), (19, 119)]
+    );
+    assert_eq!(recovered.instances.len(), 1);
+    assert_eq!(recovered.instances[0].index, 22);
+    assert_eq!(store.recover(0).unwrap().recent_reqids, vec![]);
+    assert_eq!(store.recover(1000).unwrap().recent_reqids.len(), 16);
+}
+
+fn chosen_range_limits<H: Harness>(h: &mut H) {
+    let mut store = h.open();
+    let batch: Vec<Record> = (1..=10).map(|i| chosen(i, value(i, 100))).collect();
+    store.write(&batch).unwrap();
+    store.write(&[accepted(11, 1, value(11, 100))]).unwrap();
+    store.write(&[chosen(12, value(12, 100))]).unwrap();
+    let store = h.reopen(store);
+    let all = store.chosen_range(1, 100, usize::MAX).unwrap();
+    assert_eq!(all.len(), 10, "stops at 11, not chosen");
+    assert_eq!(all[3], (4, value(4, 100)));
+    let limited = store.chosen_range(3, 100, 250).unwrap();
+    assert_eq!(
+        limited.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert_eq!(
+        store.chosen_range(3, 100, 0).unwrap().len(),
+        1,
+        "at least one"
+    );
+    assert_eq!(store.chosen_range(2, 5, usize::MAX).unwrap().len(), 4);
+    assert!(store.chosen_range(5, 4, usize::MAX).unwrap().is_empty());
+    assert!(store.chosen_range(11, 20, usize::MAX).unwrap().is_empty());
+    assert_eq!(store.chosen_range(12, 20, usize::MAX).unwrap().len(), 1);
+    assert!(store.chosen_range(50, 60, usize::MAX).unwrap().is_empty());
+}
+
+fn value_kinds<H: Harness>(h: &mut H) {
+    let mut store = h.open();
+    let values = [
+        Value::Noop,
+        value(1, 0),
+        many(2, &[b"a", b"", b"ccc"]),
+        many(3, &[]),
+        value(4, 3000),
+    ];
+    for (i, v) in values.iter().enumerate() {
+        store.write(&[chosen(i as u64 + 1, v.clone())]).unwrap();
+    }
+    let store = h.reopen(store);
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(store.chosen(i as u64 + 1).unwrap().as_ref(), Some(v));
+    }
+    assert_eq!(store.recover(10).unwrap().recent_reqids.len(), 4);
+}
+
+fn invalid_batches_change_nothing<H: Harness>(h: &mut H) {
+    let mut store = h.open();
+    store.write(&[accepted(1, 1, value(1, 4))]).unwrap();
+    let bad: [&[Record]; 4] = [
+        &[node(5), Record::Chosen(2)],
+        &[accepted(0, 1, value(1, 1))],
+        &[Record::Instance(InstanceState {
+            chosen: true,
+            ..InstanceState::empty(3)
+        })],
+        &[Record::Instance(InstanceState::empty(1)), Record::Chosen(1)],
+    ];
+    for batch in bad {
+        let err = store.write(batch).unwrap_err();
+        assert!(
+            matches!(err, StorageError::InvalidBatch { .. }),
+            "{batch:?}: {err}"
+        );
+    }
+    let store = h.reopen(store);
+    let recovered = store.recover(10).unwrap();
+    assert_eq!(recovered.node.max_round, 0);
+    assert_eq!(recovered.instances.len(), 1);
+    assert_eq!(store.bounds(), (1, 1));
+}
+
+fn compaction<H: Harness>(h: &mut H) {
+    let mut store = h.open();
+    for index in 1..=300 {
+        store
+            .write(&[node(index), chosen(index, value(index, 50))])
+            .unwrap();
+    }
+    store.write(&[accepted(302, 1, value(302, 50))]).unwrap();
+    store.compact(200).unwrap();
+    assert_eq!(store.bounds(), (201, 302));
+    let check = |store: &H::S| {
+        assert!(matches!(
+            store.chosen(200),
+            Err(StorageError::Compacted { first_index: 201 })
+        ));
+        assert!(matches!(
+            store.chosen(1),
+            Err(StorageError::Compacted { first_index: 201 })
+        ));
+        assert!(matches!(
+            store.chosen_range(150, 250, usize::MAX),
+            Err(StorageError::Compacted { first_index: 201 })
+        ));
+        assert_eq!(store.chosen(201).unwrap(), Some(value(201, 50)));
+        assert_eq!(store.chosen_range(201, 400, usize::MAX).unwrap().len(), 100);
+        let recovered = store.recover(50).unwrap();
+        assert_eq!(recovered.chosen_through, 300);
+        assert_eq!(recovered.node.max_round, 300);
+        assert_eq!(recovered.recent_reqids.len(), 50);
+        assert_eq!(recovered.instances.len(), 1);
+    };
+    check(&store);
+    let mut store = h.reopen(store);
+    check(&store);
+    assert_eq!(store.bounds(), (201, 302));
+    // Lower or equal compaction points are no-ops; writes below are ignored.
+    store.compact(100).unwrap();
+    store
+        .write(&[accepted(150, 9, value(1, 1)), Record::Chosen(150)])
+        .unwrap();
+    assert_eq!(store.bounds(), (201, 302));
+    // Compacting past the chosen prefix and past the end.
+    store.compact(310).unwrap();
+    assert_eq!(store.bounds(), (311, 310));
+    let store = h.reopen(store);
+    assert_eq!(store.bounds(), (311, 310));
+    let recovered = store.recover(50).unwrap();
+    assert_eq!(recovered.chosen_through, 310);
+    assert!(recovered.instances.is_empty());
+    assert_eq!(recovered.node.max_round, 300);
+}
+
+fn unchosen_replacement_shrinks_prefix<H: Harness>(h: &mut H) {
+    let mut store = h.open();
+    let batch: Vec<Record> = (1..=5).map(|i| chosen(i, value(i, 5))).collect();
+    store.write(&batch).unwrap();
+    store.write(&[accepted(3, 7, value(33, 5))]).unwrap();
+    let store = h.reopen(store);
+    let recovered = store.recover(10).unwrap();
+    assert_eq!(recovered.chosen_through, 2);
+    assert_eq!(recovered.instances.len(), 3);
+    assert_eq!(store.chosen(3).unwrap(), None);
+}
+
+macro_rules! suite {
+    ($module:ident, $harness:expr) => {
+        mod $module {
+            use super::*;
+            #[test]
+            fn empty_store() {
+                super::empty_store(&mut $harness);
+            }
+            #[test]
+            fn write_then_read() {
+                super::write_then_read(&mut $harness);
+            }
+            #[test]
+            fn later_records_replace_earlier() {
+                super::later_records_replace_earlier(&mut $harness);
+            }
+            #[test]
+            fn chosen_prefix_and_reqids() {
+                super::chosen_prefix_and_reqids(&mut $harness);
+            }
+            #[test]
+            fn chosen_range_limits() {
+                super::chosen_range_limits(&mut $harness);
+            }
+            #[test]
+            fn value_kinds() {
+                super::value_kinds(&mut $harness);
+            }
+            #[test]
+            fn invalid_batches_change_nothing() {
+                super::invalid_batches_change_nothing(&mut $harness);
+            }
+            #[test]
+            fn compaction() {
+                super::compaction(&mut $harness);
+            }
+            #[test]
+            fn unchosen_replacement_shrinks_prefix() {
+                super::unchosen_replacement_shrinks_prefix(&mut $harness);
+            }
+        }
+    };
+}
+
+suite!(mem, MemHarness);
+suite!(disk_small_segments, DiskHarness::new(small_options()));
+suite!(
+    disk_zero_filled,
+    DiskHarness::new(DiskOptions {
+        segment_bytes_max: 64 << 10,
+        preallocate: Preallocate::ZeroFill,
+    })
+);
+suite!(
+    disk_fallocated,
+    DiskHarness::new(DiskOptions {
+        segment_bytes_max: 64 << 10,
+        preallocate: Preallocate::Fallocate,
+    })
+);

@@ -1,0 +1,353 @@
+//! DiskStorage-specific behaviour: segment reclaim, torn tails, corruption,
+//! locking and error messages.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use spaxos_core::{Record, RecoveredState};
+use spaxos_storage::{DiskOptions, DiskStorage, Preallocate, Storage, StorageError};
+
+fn open(dir: &Path, options: DiskOptions) -> DiskStorage {
+    DiskStorage::open_with(dir, options).expect("open")
+}
+
+/// Batch `k` of the torn/corrupt tests: three records, values of 40 bytes.
+fn test_batch(k: u64) -> Vec<Record> {
+    vec![node(k), accepted(k, k, value(k, 40)), Record::Chosen(k)]
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Writes batches 1..=n into a fresh store; returns the segment file length
+/// after each batch (index k-1 for batch k) and the state after each.
+fn write_batches(dir: &Path, options: DiskOptions, n: u64) -> (Vec<u64>, Vec<RecoveredState>) {
+    let mut store = open(dir, options);
+    let mut ends = Vec::new();
+    let mut states = Vec::new();
+    for k in 1..=n {
+        store.write(&test_batch(k)).unwrap();
+        let last = store.segment_paths().pop().unwrap();
+        ends.push(fs::metadata(last).unwrap().len());
+        states.push(store.recover(100).unwrap());
+    }
+    (ends, states)
+}
+
+#[test]
+fn compaction_reclaims_whole_segments_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options();
+    let mut store = open(dir.path(), options);
+    // A straggler accepted early must survive compaction of later segments
+    // only as long as its index is above the checkpoint.
+    store.write(&[accepted(1000, 1, value(1000, 10))]).unwrap();
+    for index in 1..=400 {
+        store.write(&[chosen(index, value(index, 100))]).unwrap();
+    }
+    let before = segment_files(dir.path()).len();
+    assert!(before > 10, "{before} segments");
+    store.compact(300).unwrap();
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        before,
+        "the first segment holds index 1000, so nothing can go"
+    );
+    drop(store);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), options);
+    for index in 1..=400 {
+        store
+            .write(&[node(index), chosen(index, value(index, 100))])
+            .unwrap();
+    }
+    let before = segment_files(dir.path()).len();
+    store.compact(300).unwrap();
+    let after = segment_files(dir.path()).len();
+    assert!(after * 2 < before, "{before} -> {after} segments");
+    // Every live value is still readable, also after a restart.
+    for round in 0..2 {
+        for index in 301..=400 {
+            assert_eq!(
+                store.chosen(index).unwrap(),
+                Some(value(index, 100)),
+                "round {round}"
+            );
+        }
+        let recovered = store.recover(10).unwrap();
+        assert_eq!(recovered.node.max_round, 400);
+        assert_eq!(recovered.chosen_through, 400);
+        drop(store);
+        store = open(dir.path(), options);
+    }
+    store.compact(400).unwrap();
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "only the active segment stays"
+    );
+    drop(store);
+    let store = open(dir.path(), options);
+    assert_eq!(store.recover(10).unwrap().node.max_round, 400);
+    assert_eq!(store.bounds(), (401, 400));
+}
+
+#[test]
+fn torn_tail_at_every_byte_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options();
+    let (ends, states) = write_batches(dir.path(), options, 5);
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 1, "all five batches in one segment");
+    let full = fs::read(&files[0]).unwrap();
+    let (start, end) = (ends[3] as usize, ends[4] as usize);
+    for cut in start..end {
+        fs::write(&files[0], &full[..cut]).unwrap();
+        let mut store = open(dir.path(), options);
+        let recovered = store.recover(100).unwrap();
+        // The frame's last bytes are padding: cutting them loses nothing.
+        if cut + 8 <= end {
+            assert_eq!(recovered, states[3], "cut at {cut}");
+        } else {
+            assert!(
+                recovered == states[3] || recovered == states[4],
+                "cut at {cut}"
+            );
+        }
+        // The store goes on appending after the truncated tail.
+        store.write(&test_batch(6)).unwrap();
+        drop(store);
+        let store = open(dir.path(), options);
+        assert_eq!(store.chosen(6).unwrap(), Some(value(6, 40)), "cut at {cut}");
+        assert_eq!(store.chosen(4).unwrap(), Some(value(4, 40)), "cut at {cut}");
+    }
+}
+
+#[test]
+fn torn_tail_in_preallocated_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions {
+        segment_bytes_max: 64 << 10,
+        preallocate: Preallocate::ZeroFill,
+    };
+    let (_, states) = write_batches(dir.path(), options, 5);
+    let files = segment_files(dir.path());
+    let full = fs::read(&files[0]).unwrap();
+    assert_eq!(full.len(), 64 << 10);
+    // Find where batch 5 starts and ends by re-writing 4 batches elsewhere.
+    let other = tempfile::tempdir().unwrap();
+    let (ends, _) = write_batches(other.path(), small_options(), 5);
+    let (start, end) = (ends[3] as usize, ends[4] as usize);
+    // Pages of the last write reach the disk in any order: lose the first
+    // part, keep the rest; or keep a prefix and lose the rest.
+    for split in (start..end).step_by(7) {
+        for keep_prefix in [false, true] {
+            let mut torn = full.clone();
+            if keep_prefix {
+                torn[split..end].fill(0);
+            } else {
+                torn[start..split.max(start + 1)].fill(0);
+            }
+            fs::write(&files[0], &torn).unwrap();
+            let store = open(dir.path(), options);
+            let recovered = store.recover(100).unwrap();
+            // Zeroing bytes that were zeros already (padding, high bytes
+            // of an index) tears nothing.
+            let expected = if torn == full { &states[4] } else { &states[3] };
+            assert_eq!(
+                &recovered, expected,
+                "split {split} keep_prefix {keep_prefix}"
+            );
+        }
+    }
+}
+
+/// Flips each byte in turn of batches 1..=4 (batch 5 follows): opening must
+/// fail and name the file and an offset at or just before the flipped byte.
+#[test]
+fn flipped_byte_before_the_tail_is_corruption() {
+    for options in [
+        small_options(),
+        DiskOptions {
+            segment_bytes_max: 64 << 10,
+            preallocate: Preallocate::ZeroFill,
+        },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_batches(dir.path(), options, 5);
+        // Batch positions do not depend on preallocation; a store without
+        // it has files that end where the data ends.
+        let plain = tempfile::tempdir().unwrap();
+        let (ends, _) = write_batches(plain.path(), small_options(), 5);
+        let files = segment_files(dir.path());
+        let full = fs::read(&files[0]).unwrap();
+        for flip in 0..ends[3] as usize {
+            let mut bad = full.clone();
+            bad[flip] ^= 0x20;
+            fs::write(&files[0], &bad).unwrap();
+            let Err(err) = DiskStorage::open_with(dir.path(), options) else {
+                panic!("flip {flip} of {} went unnoticed", full.len());
+            };
+            match &err {
+                StorageError::Corrupt { path, offset, .. } => {
+                    assert_eq!(path, &files[0]);
+                    let offset = *offset as usize;
+                    assert!(offset <= flip && flip - offset < 200, "flip {flip}: {err}");
+                }
+                other => panic!("flip {flip}: {other}"),
+            }
+            let message = err.to_string();
+            assert!(
+                message.contains(&files[0].display().to_string()),
+                "{message}"
+            );
+            assert!(message.contains("offset"), "{message}");
+        }
+        fs::write(&files[0], &full).unwrap();
+        open(dir.path(), options);
+    }
+}
+
+#[test]
+fn damage_at_the_end_of_a_sealed_segment_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options();
+    let mut store = open(dir.path(), options);
+    for k in 1..=60 {
+        store.write(&test_batch(k)).unwrap();
+    }
+    drop(store);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3);
+    let sealed = &files[files.len() - 2];
+    let mut bytes = fs::read(sealed).unwrap();
+    // Damage the last byte of its last batch frame (a value byte or padding).
+    let last = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[last] ^= 1;
+    fs::write(sealed, &bytes).unwrap();
+    let err = DiskStorage::open_with(dir.path(), options).unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Corrupt { path, .. } if path == sealed),
+        "{err}"
+    );
+    // Losing the whole last batch of a sealed segment is caught by the
+    // batch sequence numbers.
+    bytes[last] ^= 1;
+    let cut = bytes.len() - 100;
+    fs::write(sealed, &bytes[..cut]).unwrap();
+    let err = DiskStorage::open_with(dir.path(), options).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    // A missing segment file is named.
+    fs::write(sealed, &bytes).unwrap();
+    fs::remove_file(sealed).unwrap();
+    let err = DiskStorage::open_with(dir.path(), options).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[test]
+fn bad_headers_and_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options();
+    let mut store = open(dir.path(), options);
+    store.write(&test_batch(1)).unwrap();
+    store.compact(1).unwrap();
+    drop(store);
+    let files = segment_files(dir.path());
+    let original = fs::read(&files[0]).unwrap();
+
+    let mut bytes = original.clone();
+    bytes[8] = 99; // format version
+    fs::write(&files[0], &bytes).unwrap();
+    let err = DiskStorage::open_with(dir.path(), options).unwrap_err();
+    assert!(
+        matches!(err, StorageError::Corrupt { offset: 0, .. }),
+        "{err}"
+    );
+
+    fs::write(&files[0], &original[..10]).unwrap();
+    let err = DiskStorage::open_with(dir.path(), options).unwrap_err();
+    assert!(
+        matches!(err, StorageError::Corrupt { offset: 0, .. }),
+        "{err}"
+    );
+
+    fs::write(&files[0], &original).unwrap();
+    let floor = dir.path().join("FLOOR");
+    let mut floor_bytes = fs::read(&floor).unwrap();
+    floor_bytes[17] ^= 1;
+    fs::write(&floor, &floor_bytes).unwrap();
+    let err = DiskStorage::open_with(dir.path(), options).unwrap_err();
+    assert!(err.to_string().contains("FLOOR"), "{err}");
+}
+
+#[test]
+fn second_open_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStorage::open(dir.path()).unwrap();
+    let err = DiskStorage::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+    drop(store);
+    DiskStorage::open(dir.path()).unwrap();
+}
+
+#[test]
+fn unusable_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    fs::write(&file, b"x").unwrap();
+    let err = DiskStorage::open(&file.join("node1")).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("not-a-dir"), "{message}");
+    assert!(matches!(err, StorageError::Io { .. }), "{message}");
+
+    // Missing directories are created, nested too.
+    let nested = dir.path().join("a/b/c");
+    DiskStorage::open(&nested).unwrap();
+    assert!(nested.is_dir());
+}
+
+#[test]
+fn permission_denied_names_the_path() {
+    // Root ignores file modes, so this only means something as a user.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let locked = dir.path().join("ro");
+    fs::create_dir(&locked).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o500)).unwrap();
+    let err = DiskStorage::open(&locked).unwrap_err();
+    assert!(
+        matches!(err, StorageError::PermissionDenied { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ro"), "{err}");
+}
+
+#[test]
+fn large_batches_rotate_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options();
+    let mut store = open(dir.path(), options);
+    // One batch larger than a whole segment.
+    let batch: Vec<Record> = (1..=20).map(|i| chosen(i, value(i, 500))).collect();
+    store.write(&batch).unwrap();
+    store.write(&[chosen(21, value(21, 10))]).unwrap();
+    drop(store);
+    let store = open(dir.path(), options);
+    assert_eq!(store.chosen_range(1, 21, usize::MAX).unwrap().len(), 21);
+    assert_eq!(store.chosen(20).unwrap(), Some(value(20, 500)));
+}
