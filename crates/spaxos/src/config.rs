@@ -298,7 +298,8 @@ pub enum ConfigWarning {
         "groups has {0} members: an even group tolerates no more failures than one member fewer"
     )]
     EvenGroupSize(usize),
-    /// A timeout is not a multiple of `tick_ms` and is rounded down.
+    /// A timeout is not a multiple of `tick_ms`: it is rounded down to whole
+    /// ticks (and up to one tick for the heartbeat and the random range).
     #[error("stimeout.{field} ({ms} ms) is not a multiple of tick_ms ({tick_ms} ms); it is rounded to {rounded_ms} ms")]
     RoundedToTick {
         field: &'static str,
@@ -440,8 +441,12 @@ impl Config {
                 tick_ms: self.tick_ms,
             });
         }
-        for (field, ms) in fields {
-            let ticks = ms_to_ticks(ms, self.tick_ms);
+        let ticks = [
+            self.heartbeat_ticks(),
+            self.election_timeout_ticks(),
+            self.election_timeout_range_ticks(),
+        ];
+        for ((field, ms), ticks) in fields.into_iter().zip(ticks) {
             let rounded_ms = u64::from(ticks).saturating_mul(self.tick_ms);
             if rounded_ms != ms as u64 {
                 warnings.push(ConfigWarning::RoundedToTick {

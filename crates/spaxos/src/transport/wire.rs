@@ -537,13 +537,14 @@ impl TryFrom<WireMessage> for Message {
     type Error = WireError;
 
     fn try_from(w: WireMessage) -> Result<Message, WireError> {
+        let body = w.body.ok_or(WireError::MissingBody)?;
         if w.from == 0 {
             return Err(WireError::Invalid("from: node id 0"));
         }
         if w.to == 0 {
             return Err(WireError::Invalid("to: node id 0"));
         }
-        let body = match w.body.ok_or(WireError::MissingBody)? {
+        let body = match body {
             WireBody::Prepare(p) => Body::Prepare {
                 ballot: unballot(p.ballot, "ballot")?,
                 index: p.index,
