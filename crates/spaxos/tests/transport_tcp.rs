@@ -342,7 +342,11 @@ fn a_full_inbound_queue_pushes_back_without_losing_messages() {
 fn loopback_throughput() {
     let (_, nodes) = cluster(2, "");
     let entries_per_message = 64u64;
-    let messages = 2000u64;
+    // SPAXOS_TRANSPORT_BENCH_MESSAGES=200000 for a longer run in release.
+    let messages: u64 = std::env::var("SPAXOS_TRANSPORT_BENCH_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000);
     let value = Bytes::from(vec![42u8; 100]);
     let started = Instant::now();
     let receiver = {

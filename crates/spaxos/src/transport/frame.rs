@@ -34,6 +34,9 @@ pub const FRAME_HEADER_BYTES: usize = 8;
 /// actually arrived, so a large announced length costs memory only as the
 /// payload really comes in.
 const RESERVE_CHUNK_BYTES: usize = 256 << 10;
+/// Each read offers at least this much room, so small frames are read many
+/// at a time.
+const READ_CHUNK_BYTES_MIN: usize = 64 << 10;
 
 /// A stream that cannot be decoded; the connection must be closed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -122,7 +125,9 @@ impl FrameDecoder {
     /// The receive buffer, with spare capacity for the next read
     /// (`AsyncReadExt::read_buf` appends to it).
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
-        let want = self.bytes_wanted().clamp(4096, RESERVE_CHUNK_BYTES);
+        let want = self
+            .bytes_wanted()
+            .clamp(READ_CHUNK_BYTES_MIN, RESERVE_CHUNK_BYTES);
         if self.buf.capacity() - self.buf.len() < want {
             self.buf.reserve(want);
         }
