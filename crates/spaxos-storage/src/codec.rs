@@ -30,8 +30,8 @@ pub const FLOOR_MAGIC: [u8; 8] = *b"SPXFLR\0\x01";
 /// Size of the compaction floor file.
 pub const FLOOR_LEN: usize = 28;
 
-const _: () = assert!(SEGMENT_HEADER_LEN % BATCH_ALIGN == 0);
-const _: () = assert!(BATCH_HEADER_LEN % BATCH_ALIGN == 0);
+const _: () = assert!(align(SEGMENT_HEADER_LEN) == SEGMENT_HEADER_LEN);
+const _: () = assert!(align(BATCH_HEADER_LEN) == BATCH_HEADER_LEN);
 const _: () = assert!(BATCH_BODY_MAX <= u32::MAX as usize);
 
 const TAG_NODE: u8 = 1;
@@ -44,7 +44,7 @@ const VALUE_ONE: u8 = 2;
 const VALUE_MANY: u8 = 3;
 
 /// Rounds `n` up to the batch alignment.
-pub fn align(n: usize) -> usize {
+pub const fn align(n: usize) -> usize {
     n.div_ceil(BATCH_ALIGN) * BATCH_ALIGN
 }
 

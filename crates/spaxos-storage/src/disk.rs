@@ -140,6 +140,8 @@ pub struct DiskStorage {
     record_frames: Vec<(usize, usize, usize)>,
     /// Set by the first failed write; later writes are refused.
     failed: Option<String>,
+    /// Batch frame bytes appended since open (for benchmarks and metrics).
+    bytes_written: u64,
 }
 
 impl std::fmt::Debug for DiskStorage {
@@ -177,6 +179,7 @@ impl DiskStorage {
             buffer: Vec::new(),
             record_frames: Vec::new(),
             failed: None,
+            bytes_written: 0,
         };
         let mut previous: Option<(PathBuf, u64)> = None;
         for (position, &id) in ids.iter().enumerate() {
@@ -217,6 +220,12 @@ impl DiskStorage {
     /// The directory of this store.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Bytes of batch frames appended to the log since this store was
+    /// opened (headers, records and padding; not preallocation).
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
     }
 
     /// Paths of the segment files, oldest first (the last is active).
@@ -591,6 +600,7 @@ impl Storage for DiskStorage {
         self.record_frames = frames;
         self.active_offset += frame_len;
         self.next_batch_seq += 1;
+        self.bytes_written += frame_len;
         Ok(())
     }
 
