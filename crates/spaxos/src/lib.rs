@@ -3,5 +3,5 @@
 pub mod config;
 pub mod transport;
 
-pub use config::Config;
-pub use transport::{Transport, TransportHandle};
+pub use config::{Config, ConfigError, ConfigErrors, ConfigWarning};
+pub use transport::{Transport, TransportError, TransportHandle, TransportStats};

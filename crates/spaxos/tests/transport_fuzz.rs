@@ -376,3 +376,20 @@ fn a_hand_made_client_speaks_the_protocol() {
     assert_eq!(stats.protocol_errors, 0);
     assert_eq!(stats.connections_rejected, 0);
 }
+
+#[test]
+fn a_reconnecting_peer_replaces_its_old_connection() {
+    let mut fx = Fixture::new();
+    let mut old = fx.connect_as(3);
+    fx.wait_stat("accepted", |s| s.connections_accepted, 2);
+    let mut new = fx.connect_as(3);
+    // The old connection is closed as soon as the new one is accepted.
+    assert_closed_by_node(&mut old);
+    new.write_all(&message_frame(3, 1)).unwrap();
+    let got = fx.target_rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(got.from, 3);
+    let stats = fx.stats();
+    assert_eq!(stats.connections_accepted, 3);
+    assert_eq!(stats.protocol_errors, 0);
+    fx.assert_alive();
+}

@@ -15,6 +15,12 @@
 //!   channel. When that channel is full the task stops reading, so TCP
 //!   pushes back on the sender instead of memory growing here.
 //!
+//! A member has at most one inbound connection: when it connects again (it
+//! restarted, or its end of the old connection died), the old one is closed.
+//! Inbound connections are capped at `2 * members + 16` (members use one
+//! each; the rest is room for handshakes in progress), and a handshake must
+//! arrive within two seconds.
+//!
 //! Anything wrong on an inbound connection (bad handshake, oversized frame,
 //! bad checksum, undecodable message, a message not from the handshake's
 //! node or not for this node) closes that connection with a warning naming
@@ -32,7 +38,7 @@ use crossbeam_channel::TrySendError;
 use spaxos_core::{Message, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::frame::{encode_frame, encode_message_frame, FrameDecoder, FrameError};
@@ -46,9 +52,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A write to a peer that takes longer means the peer is stuck: reconnect.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// An inbound connection silent for this long is closed (its dialer
-/// notices and redials).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Queued messages are coalesced into one write up to about this size.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// How long a reader waits before retrying a full `inbound` channel.
@@ -148,6 +151,11 @@ struct Shared {
     backoff_min: Duration,
     backoff_max: Duration,
     inbound: crossbeam_channel::Sender<Message>,
+    /// Per member, the number of inbound connections it has opened. Only
+    /// the newest one is served: a peer that reconnects (it restarted, or
+    /// its side of the old connection died) replaces its old connection, so
+    /// a half-open one never lingers.
+    inbound_generations: HashMap<NodeId, watch::Sender<u64>>,
     counters: Counters,
 }
 
@@ -200,6 +208,11 @@ impl Transport {
             backoff_min: Duration::from_millis(config.reconnect_backoff_min_ms),
             backoff_max: Duration::from_millis(config.reconnect_backoff_max_ms),
             inbound,
+            inbound_generations: config
+                .member_ids()
+                .into_iter()
+                .map(|id| (id, watch::channel(0).0))
+                .collect(),
             counters: Counters::default(),
         });
         let mut peers = HashMap::new();
@@ -538,8 +551,8 @@ enum SessionError {
     WrongRecipient(NodeId, NodeId),
     #[error("connection closed in the middle of a frame ({0} bytes buffered)")]
     Truncated(usize),
-    #[error("idle for {0:?}")]
-    Idle(Duration),
+    #[error("replaced by a newer connection from the same node")]
+    Superseded,
     #[error("this node is shutting down")]
     InboundClosed,
 }
@@ -558,9 +571,17 @@ async fn serve_inbound(mut stream: TcpStream, addr: SocketAddr, shared: &Shared)
     bump(&shared.counters.connections_accepted, 1);
     info!(peer, %addr, "peer connected");
     decoder.set_frame_bytes_max(shared.frame_bytes_max);
-    match receive(&mut stream, &mut decoder, peer, shared).await {
+    let Some(generations) = shared.inbound_generations.get(&peer) else {
+        return; // the handshake admits members only
+    };
+    generations.send_modify(|generation| *generation += 1);
+    let newer = generations.subscribe();
+    match receive(&mut stream, &mut decoder, peer, newer, shared).await {
         Ok(()) => info!(peer, %addr, "peer disconnected"),
         Err(SessionError::InboundClosed) => {}
+        Err(SessionError::Superseded) => {
+            info!(peer, %addr, "peer reconnected; closing its older connection")
+        }
         Err(error) => {
             bump(&shared.counters.protocol_errors, 1);
             warn!(peer, %addr, %error, "closing peer connection");
@@ -600,6 +621,7 @@ async fn receive(
     stream: &mut TcpStream,
     decoder: &mut FrameDecoder,
     peer: NodeId,
+    mut newer: watch::Receiver<u64>,
     shared: &Shared,
 ) -> Result<(), SessionError> {
     loop {
@@ -619,9 +641,10 @@ async fn receive(
             bump(&shared.counters.frames_received, 1);
             bump(&shared.counters.bytes_received, frame_len as u64);
         }
-        let read = tokio::time::timeout(IDLE_TIMEOUT, stream.read_buf(decoder.buffer_mut()))
-            .await
-            .map_err(|_| SessionError::Idle(IDLE_TIMEOUT))??;
+        let read = tokio::select! {
+            read = stream.read_buf(decoder.buffer_mut()) => read?,
+            _ = newer.changed() => return Err(SessionError::Superseded),
+        };
         if read == 0 {
             return match decoder.buffered_len() {
                 0 => Ok(()),
