@@ -341,7 +341,11 @@ fn a_full_inbound_queue_pushes_back_without_losing_messages() {
 #[test]
 fn loopback_throughput() {
     let (_, nodes) = cluster(2, "");
-    let entries_per_message = 64u64;
+    // SPAXOS_TRANSPORT_BENCH_ENTRIES=1 measures small frames.
+    let entries_per_message: u64 = std::env::var("SPAXOS_TRANSPORT_BENCH_ENTRIES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(64);
     // SPAXOS_TRANSPORT_BENCH_MESSAGES=200000 for a longer run in release.
     let messages: u64 = std::env::var("SPAXOS_TRANSPORT_BENCH_MESSAGES")
         .ok()
