@@ -305,7 +305,13 @@ impl DiskStorage {
                     let body_start = offset + BATCH_HEADER_LEN;
                     self.replay_batch(id, &path, &data, body_start, header.body_len)?;
                     offset = align(body_start + header.body_len);
-                    self.next_batch_seq += 1;
+                    self.next_batch_seq = self.next_batch_seq.checked_add(1).ok_or_else(|| {
+                        StorageError::corrupt(
+                            &path,
+                            offset as u64,
+                            "batch sequence number overflows",
+                        )
+                    })?;
                 }
                 BatchCheck::End => break,
                 BatchCheck::Bad {
@@ -566,7 +572,10 @@ impl Storage for DiskStorage {
         if self.active_offset > SEGMENT_HEADER_LEN as u64
             && self.active_offset + frame_len > self.options.segment_bytes_max
         {
-            active_id += 1;
+            let Some(next_id) = active_id.checked_add(1) else {
+                return Err(self.fail(StorageError::invalid("segment ids exhausted")));
+            };
+            active_id = next_id;
             if let Err(e) = self.start_segment(active_id) {
                 return Err(self.fail(e));
             }
@@ -599,7 +608,7 @@ impl Storage for DiskStorage {
         }
         self.record_frames = frames;
         self.active_offset += frame_len;
-        self.next_batch_seq += 1;
+        self.next_batch_seq = self.next_batch_seq.wrapping_add(1);
         self.bytes_written += frame_len;
         Ok(())
     }
