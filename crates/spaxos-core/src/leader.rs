@@ -172,33 +172,45 @@ impl Node {
         true
     }
 
-    /// A proposal reaches the leader (from this node or forwarded).
+    /// A proposal reaches the leader (from this node or forwarded): it gets
+    /// the next index, or waits in the leader's queue for an in-flight slot.
     pub(crate) fn leader_submit(&mut self, value: Value, origin: NodeId) {
-        let Some(reqid) = value.reqid().filter(|&r| r != 0) else {
-            return;
-        };
         let base = self.base;
         let inflight_max = self.cfg.inflight_max;
         let queue_max = self.cfg.proposal_queue_max;
-        let already = self.recent.get(&reqid).copied();
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
-        // Duplicate of something this leader placed, or chosen recently.
-        if let Some(index) = l.assigned.get(&reqid).copied().or(already) {
-            self.note_assignment(origin, reqid, index);
-            return;
-        }
         if l.next_index - base >= inflight_max || !l.queue.is_empty() {
             if l.queue.len() < queue_max {
                 l.queue.push_back((value, origin));
             }
             return;
         }
+        self.leader_assign(value, origin);
+    }
+
+    /// Gives a proposal the next index, unless this leader already placed
+    /// its reqid or it was chosen recently (a retried forward).
+    fn leader_assign(&mut self, value: Value, origin: NodeId) {
+        let Some(reqid) = value.reqid().filter(|&r| r != 0) else {
+            return;
+        };
+        let already = self.recent.get(&reqid).copied();
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if let Some(index) = l.assigned.get(&reqid).copied().or(already) {
+            self.note_assignment(origin, reqid, index);
+            return;
+        }
         let index = l.next_index;
         l.next_index += 1;
         if self.propose_at(index, value) {
             self.note_assignment(origin, reqid, index);
+        } else if origin == self.id {
+            // Leadership ended under us: wait for the next leader.
+            self.queue.push_back(reqid);
         }
     }
 
@@ -227,7 +239,11 @@ impl Node {
             // been resolved when the prefix passed it).
             self.lost(reqid, index);
         } else if let Some(inst) = self.instance_mut_bounded(index) {
-            inst.origin_reqid = reqid;
+            if inst.origin_reqid == 0 || inst.origin_reqid == reqid {
+                inst.origin_reqid = reqid;
+            } else {
+                self.extra_origins.entry(index).or_default().push(reqid);
+            }
         }
     }
 
@@ -245,7 +261,7 @@ impl Node {
             let Some((value, origin)) = l.queue.pop_front() else {
                 return;
             };
-            self.leader_submit(value, origin);
+            self.leader_assign(value, origin);
         }
     }
 

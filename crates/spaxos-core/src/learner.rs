@@ -44,9 +44,13 @@ impl Node {
             return;
         };
         if inst.chosen {
-            // Safety: at most one value is ever chosen per index.
+            // Safety: at most one value is ever chosen per index. A no-op
+            // against a request is the one allowed difference: a peer that
+            // already delivered the index may serve it with its duplicate
+            // suppressed, which this node will also do when it gets there.
+            let dedup_equivalent = value.is_noop() || inst.value.as_ref().is_some_and(|v| v.is_noop());
             assert!(
-                inst.value.as_ref() == Some(&value),
+                inst.value.as_ref() == Some(&value) || dedup_equivalent,
                 "two values chosen at index {index}: {:?} and {:?}",
                 inst.value,
                 value
@@ -149,6 +153,13 @@ impl Node {
             }
             if inst.origin_reqid != 0 && raw_reqid != Some(inst.origin_reqid) {
                 self.lost(inst.origin_reqid, index);
+            }
+            if !self.extra_origins.is_empty() {
+                for reqid in self.extra_origins.remove(&index).unwrap_or_default() {
+                    if raw_reqid != Some(reqid) {
+                        self.lost(reqid, index);
+                    }
+                }
             }
             self.out.chosen.push(ChosenItem { index, value });
         }

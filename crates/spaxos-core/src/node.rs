@@ -207,6 +207,10 @@ pub struct Node {
     pub(crate) forward_retries: VecDeque<(u64, ReqId)>,
     pub(crate) leaderless_active: usize,
     pub(crate) noop_scan_at: u64,
+    /// More proposals made here tried at one index (rare: a forwarded one
+    /// and a local one, across a leader change). The first lives in
+    /// `Instance::origin_reqid`.
+    pub(crate) extra_origins: BTreeMap<Index, Vec<ReqId>>,
 
     /// Highest chosen-through reported by a peer, and who reported it.
     pub(crate) known_chosen_through: (Index, NodeId),
@@ -266,6 +270,7 @@ impl Node {
             forward_retries: VecDeque::new(),
             leaderless_active: 0,
             noop_scan_at: 0,
+            extra_origins: BTreeMap::new(),
             known_chosen_through: (0, 0),
             catchup_sent_at: None,
             catchup_compacted_below: None,
@@ -492,6 +497,12 @@ impl Node {
         matches!(self.role, RoleState::Leader(_))
     }
 
+    /// Where a proposal made here stands, for diagnostics: the index it is
+    /// being tried at (if known) and whether it was forwarded.
+    pub fn pending_proposal(&self, reqid: ReqId) -> Option<(Option<Index>, bool)> {
+        self.pending.get(&reqid).map(|p| (p.assigned, p.forwarded))
+    }
+
     /// The node-wide hard state (for tests and checkers).
     pub fn node_state(&self) -> NodeState {
         self.state
@@ -646,9 +657,14 @@ impl Node {
         }
     }
 
-    /// Re-forwards proposals that got no assignment in time.
+    /// Re-forwards proposals that got no assignment in time. A node that
+    /// lags behind the chosen log first catches up: its proposal may be in
+    /// the part it has not seen, and a blind retry would put it in twice.
     fn retry_forwards(&mut self) {
         let retry = self.cfg.forward_retry_ticks as u64;
+        if self.known_chosen_through.0 >= self.base {
+            return;
+        }
         while let Some(&(due, reqid)) = self.forward_retries.front() {
             if due > self.now {
                 break;
