@@ -12,6 +12,9 @@ use crate::message::{Body, PromiseEntry};
 use crate::node::{Candidate, FastMap, Leader, Node, RoleState};
 use crate::types::{Ballot, Index, NodeId, Outcome, ReqId, Value};
 
+/// Marks a reqid waiting in the leader's queue in `Leader::assigned`.
+const QUEUED: Index = 0;
+
 impl Node {
     /// No leader heard from within the election timeout: campaign.
     pub(crate) fn start_election(&mut self) {
@@ -182,7 +185,15 @@ impl Node {
             return;
         };
         if l.next_index - base >= inflight_max || !l.queue.is_empty() {
-            if l.queue.len() < queue_max {
+            let Some(reqid) = value.reqid() else {
+                return;
+            };
+            // A retried forward of a proposal that is already queued.
+            let queued = l.assigned.get(&reqid) == Some(&QUEUED);
+            if !queued && l.queue.len() < queue_max {
+                if !l.assigned.contains_key(&reqid) {
+                    l.assigned.insert(reqid, QUEUED);
+                }
                 l.queue.push_back((value, origin));
             }
             return;
@@ -200,7 +211,11 @@ impl Node {
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
-        if let Some(index) = l.assigned.get(&reqid).copied().or(already) {
+        let placed = l.assigned.get(&reqid).copied().filter(|&i| i != QUEUED);
+        if let Some(index) = placed.or(already) {
+            if l.assigned.get(&reqid) == Some(&QUEUED) {
+                l.assigned.remove(&reqid);
+            }
             self.note_assignment(origin, reqid, index);
             return;
         }

@@ -168,6 +168,11 @@ impl Node {
         }
         if advanced {
             self.evict_recent();
+            let base = self.base;
+            if let RoleState::Leader(l) = &mut self.role {
+                // Catch-up may carry the prefix past what this leader assigned.
+                l.next_index = l.next_index.max(base);
+            }
             if self.is_leader() {
                 self.leader_drain_queue();
             }
@@ -218,6 +223,9 @@ impl Node {
         for (index, value) in entries {
             self.learn_value(index, value);
         }
+        self.advance_prefix();
+        // Still behind: ask for the next range now rather than next tick.
+        self.catchup_tick();
     }
 
     /// Serves chosen values: from memory when live, from storage (via

@@ -198,6 +198,10 @@ impl Sim {
         };
         let members: Vec<NodeId> = (1..=cfg.nodes as u64).collect();
         let small_limits = rng.random_bool(0.3);
+        let mut faults = faults;
+        if small_limits {
+            faults.propose = faults.propose.min(0.2);
+        }
         let retry_lost = rng.random_bool(0.7);
         let nodes = members
             .iter()
@@ -206,9 +210,11 @@ impl Sim {
                 core.rng_seed = cfg.seed;
                 core.retry_lost = retry_lost;
                 if small_limits {
+                    // Small windows cannot keep up with heavy load; the
+                    // liveness bound assumes the offered load is sustainable.
                     core.inflight_max = 4;
                     core.batch_bytes_max = 64;
-                    core.catchup_batch_max = 3;
+                    core.catchup_batch_max = 16;
                     core.dedup_window = 1024;
                     core.leaderless_inflight_max = 2;
                 }
