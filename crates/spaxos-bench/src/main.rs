@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod inproc;
 mod storage_bench;
 
 #[derive(Parser, Debug)]
@@ -23,12 +24,15 @@ enum Mode {
     /// Durable log throughput: DiskStorage writes against a raw
     /// write+fdatasync loop in the same directory.
     Storage(storage_bench::StorageArgs),
+    /// Protocol CPU cost: three cores in one thread, in-memory network and storage.
+    Inproc(inproc::InprocArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.mode {
         Mode::Storage(args) => storage_bench::run(&args),
+        Mode::Inproc(args) => inproc::run(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

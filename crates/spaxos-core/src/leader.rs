@@ -127,6 +127,9 @@ impl Node {
                 .get(&index)
                 .map(|(_, v)| v.clone())
                 .unwrap_or(Value::Noop);
+            if let (Some(reqid), RoleState::Leader(l)) = (value.reqid(), &mut self.role) {
+                l.assigned.insert(reqid, index);
+            }
             if !self.propose_at(index, value) {
                 return;
             }
@@ -168,9 +171,6 @@ impl Node {
         }
         self.persist_instance(index);
         self.self_accepted.push(index);
-        if let (Some(reqid), RoleState::Leader(l)) = (value.reqid(), &mut self.role) {
-            l.assigned.insert(reqid, index);
-        }
         self.accept_batch.push((index, value));
         true
     }
@@ -207,7 +207,12 @@ impl Node {
         let Some(reqid) = value.reqid().filter(|&r| r != 0) else {
             return;
         };
-        let already = self.recent.get(&reqid).copied();
+        // A local proposal was checked against the window in `propose`.
+        let already = if origin == self.id {
+            None
+        } else {
+            self.recent.get(reqid)
+        };
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
@@ -221,6 +226,11 @@ impl Node {
         }
         let index = l.next_index;
         l.next_index += 1;
+        if origin != self.id {
+            // Remembered so a retried forward gets the same index. Local
+            // proposals are deduplicated by `pending` instead.
+            l.assigned.insert(reqid, index);
+        }
         if self.propose_at(index, value) {
             self.note_assignment(origin, reqid, index);
         } else if origin == self.id {
@@ -246,7 +256,7 @@ impl Node {
             return;
         };
         p.assigned = Some(index);
-        if index < self.base && self.recent.get(&reqid) == Some(&index) {
+        if index < self.base && self.recent.get(reqid) == Some(index) {
             self.pending.remove(&reqid);
             self.out.outcomes.push((reqid, Outcome::Chosen { index }));
         } else if index < self.base {

@@ -124,7 +124,7 @@ impl Node {
             let raw_reqid = raw.reqid();
             let mut value = raw;
             if let Some(reqid) = raw_reqid {
-                if self.recent.contains_key(&reqid) {
+                if self.recent.insert(index, reqid).is_some() {
                     // The same request reached the log twice (a retry across
                     // a leader change). Every node decides this the same way
                     // from the log alone, so all deliver a no-op here.
@@ -137,16 +137,13 @@ impl Node {
                         value: Some(Value::Noop),
                         chosen: true,
                     }));
-                } else {
-                    self.remember_reqid(index, reqid);
-                    if self.pending.remove(&reqid).is_some() {
-                        self.out
-                            .outcomes
-                            .push((reqid, Outcome::Chosen { index }));
-                    }
+                } else if self.pending.remove(&reqid).is_some() {
+                    self.out
+                        .outcomes
+                        .push((reqid, Outcome::Chosen { index }));
                 }
                 if let RoleState::Leader(l) = &mut self.role {
-                    if l.assigned.get(&reqid) == Some(&index) {
+                    if !l.assigned.is_empty() && l.assigned.get(&reqid) == Some(&index) {
                         l.assigned.remove(&reqid);
                     }
                 }
@@ -167,7 +164,6 @@ impl Node {
             self.max_index = self.base - 1;
         }
         if advanced {
-            self.evict_recent();
             let base = self.base;
             if let RoleState::Leader(l) = &mut self.role {
                 // Catch-up may carry the prefix past what this leader assigned.
@@ -175,25 +171,6 @@ impl Node {
             }
             if self.is_leader() {
                 self.leader_drain_queue();
-            }
-        }
-    }
-
-    pub(crate) fn remember_reqid(&mut self, index: Index, reqid: ReqId) {
-        self.recent.insert(reqid, index);
-        self.recent_order.push_back((index, reqid));
-    }
-
-    fn evict_recent(&mut self) {
-        let window = self.cfg.dedup_window;
-        let last = self.base - 1;
-        while let Some(&(index, reqid)) = self.recent_order.front() {
-            if index + window > last {
-                break;
-            }
-            self.recent_order.pop_front();
-            if self.recent.get(&reqid) == Some(&index) {
-                self.recent.remove(&reqid);
             }
         }
     }

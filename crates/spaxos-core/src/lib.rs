@@ -8,6 +8,7 @@
 
 mod acceptor;
 pub mod config;
+mod dedup;
 mod leader;
 mod learner;
 pub mod message;

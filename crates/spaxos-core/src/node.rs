@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ConfigError, CoreConfig};
+use crate::dedup::RecentReqids;
 use crate::message::{Body, Message};
 use crate::proposer::SingleProposer;
 use crate::ready::Ready;
@@ -189,8 +190,7 @@ pub struct Node {
     pub(crate) max_index: Index,
 
     /// reqid -> index of chosen entries within the dedup window.
-    pub(crate) recent: FastMap<ReqId, Index>,
-    pub(crate) recent_order: VecDeque<(Index, ReqId)>,
+    pub(crate) recent: RecentReqids,
     pub(crate) duplicates_suppressed: u64,
 
     pub(crate) role: RoleState,
@@ -257,8 +257,7 @@ impl Node {
             base,
             instances: VecDeque::new(),
             max_index: recovered.chosen_through,
-            recent: FastMap::default(),
-            recent_order: VecDeque::new(),
+            recent: RecentReqids::new(cfg.dedup_window),
             duplicates_suppressed: 0,
             role: RoleState::Follower,
             leader: None,
@@ -281,9 +280,11 @@ impl Node {
             forward_acks: BTreeMap::new(),
             cfg,
         };
-        for (index, reqid) in recovered.recent_reqids {
+        let mut recent = recovered.recent_reqids;
+        recent.sort_unstable();
+        for (index, reqid) in recent {
             if index <= recovered.chosen_through {
-                node.remember_reqid(index, reqid);
+                node.recent.insert(index, reqid);
             }
         }
         for st in recovered.instances {
@@ -332,7 +333,7 @@ impl Node {
         if self.pending.contains_key(&reqid) {
             return Err(ProposeError::Duplicate(reqid));
         }
-        if let Some(&index) = self.recent.get(&reqid) {
+        if let Some(index) = self.recent.get(reqid) {
             // Already in the log: that is its outcome.
             self.out.outcomes.push((reqid, Outcome::Chosen { index }));
             return Ok(());

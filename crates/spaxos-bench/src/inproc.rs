@@ -1,0 +1,214 @@
+//! `inproc` mode: the protocol's CPU cost per proposal.
+//!
+//! Three replicas of the core in one thread, an in-memory network and
+//! persistence acknowledged at once. A stable leader is elected first (not
+//! timed). Then rounds: the leader takes new proposals until `window` are
+//! outstanding; every replica's output is collected and all messages are
+//! delivered; repeat until `n` are chosen. Latency is propose → outcome on
+//! the leader. Values are built inside the timed section. At the end every
+//! replica must hold the same chosen log (checked by a digest).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use clap::Args;
+use hdrhistogram::Histogram;
+use spaxos_core::{ChosenItem, CoreConfig, Message, Node, Outcome, Value};
+
+/// Options of the `inproc` mode.
+#[derive(Args, Debug)]
+pub struct InprocArgs {
+    /// Proposals to choose.
+    #[arg(long, default_value_t = 200_000)]
+    n: u64,
+    /// Proposals outstanding on the leader.
+    #[arg(long, default_value_t = 1000)]
+    window: u64,
+    /// Payload bytes per proposal.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Replicas.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+}
+
+/// Order-sensitive digest of a chosen log.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+struct Digest {
+    hash: u64,
+    count: u64,
+}
+
+impl Digest {
+    fn add(&mut self, item: &ChosenItem) {
+        let mut h = self.hash ^ item.index.wrapping_mul(0x100_0000_01B3);
+        h = h.wrapping_mul(0x100_0000_01B3) ^ item.value.reqid().unwrap_or(0);
+        for v in item.value.values() {
+            for &b in v.iter() {
+                h = (h ^ b as u64).wrapping_mul(0x100_0000_01B3);
+            }
+        }
+        self.hash = h;
+        self.count += 1;
+    }
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    digests: Vec<Digest>,
+    inbox: Vec<Message>,
+    messages: u64,
+    records: u64,
+}
+
+impl Cluster {
+    fn new(n: u64, inflight: u64) -> Cluster {
+        let members: Vec<u64> = (1..=n).collect();
+        let nodes = members
+            .iter()
+            .map(|&id| {
+                let mut cfg = CoreConfig::new(id, members.clone());
+                cfg.inflight_max = inflight.max(1);
+                cfg.rng_seed = 7;
+                // Node 1 campaigns first; the others wait long.
+                if id != 1 {
+                    cfg.election_timeout_ticks = 1000;
+                }
+                Node::new(cfg).expect("valid config")
+            })
+            .collect();
+        Cluster {
+            nodes,
+            digests: vec![Digest::default(); n as usize],
+            inbox: Vec::new(),
+            messages: 0,
+            records: 0,
+        }
+    }
+
+    /// Collects every node's output (persistence is instant), then delivers
+    /// all messages. Returns the leader's outcomes.
+    fn round(&mut self, outcomes: &mut Vec<(u64, Outcome)>) {
+        for (slot, node) in self.nodes.iter_mut().enumerate() {
+            let ready = node.ready();
+            self.records += ready.records.len() as u64;
+            for item in &ready.chosen {
+                self.digests[slot].add(item);
+            }
+            if slot == 0 {
+                outcomes.extend(ready.outcomes);
+            }
+            self.inbox.extend(ready.messages);
+            self.inbox.extend(ready.messages_now);
+        }
+        self.messages += self.inbox.len() as u64;
+        for msg in self.inbox.drain(..) {
+            let to = (msg.to - 1) as usize;
+            self.nodes[to].step(msg);
+        }
+    }
+}
+
+pub fn run(args: &InprocArgs) -> Result<(), String> {
+    if args.nodes == 0 || args.window == 0 {
+        return Err("--nodes and --window must be positive".into());
+    }
+    let mut cluster = Cluster::new(args.nodes, args.window);
+    let mut outcomes = Vec::new();
+    // Elect node 1 (not timed).
+    for _ in 0..10_000 {
+        if cluster.nodes[0].is_leader() {
+            break;
+        }
+        cluster.nodes[0].tick();
+        cluster.round(&mut outcomes);
+    }
+    if !cluster.nodes[0].is_leader() {
+        return Err("no leader elected".into());
+    }
+    for _ in 0..4 {
+        cluster.round(&mut outcomes);
+    }
+    outcomes.clear();
+    cluster.messages = 0;
+    cluster.records = 0;
+
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .map_err(|e| e.to_string())?;
+    let mut proposed_at: Vec<Option<Instant>> = vec![None; args.n as usize + 1];
+    let payload = vec![b'x'; args.value_size];
+    let (mut proposed, mut chosen, mut rounds) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    while chosen < args.n {
+        while proposed < args.n && proposed - chosen < args.window {
+            proposed += 1;
+            let value = Value::One {
+                reqid: proposed,
+                value: Bytes::copy_from_slice(&payload),
+            };
+            proposed_at[proposed as usize] = Some(Instant::now());
+            cluster.nodes[0]
+                .propose(value)
+                .map_err(|e| format!("propose: {e}"))?;
+        }
+        cluster.round(&mut outcomes);
+        rounds += 1;
+        let now = Instant::now();
+        for (reqid, outcome) in outcomes.drain(..) {
+            match outcome {
+                Outcome::Chosen { .. } => {
+                    chosen += 1;
+                    if let Some(t) = proposed_at[reqid as usize].take() {
+                        let nanos = now.duration_since(t).as_nanos() as u64;
+                        latency.record(nanos.max(1)).map_err(|e| e.to_string())?;
+                    }
+                }
+                Outcome::Lost { index } => {
+                    return Err(format!("reqid {reqid} lost at {index} with a stable leader"))
+                }
+            }
+        }
+        if rounds > args.n * 100 + 1000 {
+            return Err(format!("no progress: {chosen} of {} chosen", args.n));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (messages, records) = (cluster.messages, cluster.records);
+    // Let followers learn the tail (heartbeats carry chosen_through).
+    for _ in 0..50 {
+        for node in cluster.nodes.iter_mut() {
+            node.tick();
+        }
+        cluster.round(&mut outcomes);
+    }
+    let leader_digest = cluster.digests[0];
+    for (slot, digest) in cluster.digests.iter().enumerate() {
+        if *digest != leader_digest {
+            return Err(format!(
+                "replica {} disagrees with the leader: {digest:?} vs {leader_digest:?}",
+                slot + 1
+            ));
+        }
+    }
+    if leader_digest.count < args.n {
+        return Err(format!("only {} entries chosen", leader_digest.count));
+    }
+    let line = serde_json::json!({
+        "system": "spaxos",
+        "mode": "inproc",
+        "nodes": args.nodes,
+        "n": args.n,
+        "value_size": args.value_size,
+        "window": args.window,
+        "secs": secs,
+        "ops_per_sec": args.n as f64 / secs,
+        "p50_us": latency.value_at_quantile(0.50) as f64 / 1000.0,
+        "p99_us": latency.value_at_quantile(0.99) as f64 / 1000.0,
+        "rounds": rounds,
+        "messages": messages,
+        "records": records,
+        "replicas_agree": true,
+    });
+    println!("{line}");
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The window of recently chosen reqids that makes duplicate suppression
+//! deterministic: whether index `i` repeats a reqid depends only on the log
+//! at indices below `i`, so every node decides the same.
+//!
+//! Two generations of `span = dedup_window / 2` indices each: a reqid is
+//! remembered for at least `span` and at most `2 * span` indices. Rotating a
+//! whole generation replaces per-entry eviction (a hash map removal per
+//! chosen entry on the hot path).
+
+use crate::node::FastMap;
+use crate::types::{Index, ReqId};
+
+pub(crate) struct RecentReqids {
+    span: u64,
+    /// Generation number (`(index - 1) / span`) of `current`.
+    generation: u64,
+    current: FastMap<ReqId, Index>,
+    previous: FastMap<ReqId, Index>,
+}
+
+impl RecentReqids {
+    pub fn new(window: u64) -> RecentReqids {
+        RecentReqids {
+            span: (window / 2).max(1),
+            generation: 0,
+            current: FastMap::default(),
+            previous: FastMap::default(),
+        }
+    }
+
+    /// Where `reqid` was chosen, if within the window.
+    pub fn get(&self, reqid: ReqId) -> Option<Index> {
+        self.current
+            .get(&reqid)
+            .or_else(|| self.previous.get(&reqid))
+            .copied()
+    }
+
+    /// Records `reqid` chosen at `index` (indices come in increasing order)
+    /// unless it is already in the window; returns the earlier index then.
+    pub fn insert(&mut self, index: Index, reqid: ReqId) -> Option<Index> {
+        let generation = index.saturating_sub(1) / self.span;
+        if generation != self.generation {
+            let capacity = self.current.len();
+            if generation == self.generation + 1 {
+                self.previous = std::mem::take(&mut self.current);
+            } else {
+                self.previous = FastMap::default();
+                self.current.clear();
+            }
+            self.current.reserve(capacity);
+            self.generation = generation;
+        }
+        if let Some(&earlier) = self.previous.get(&reqid) {
+            return Some(earlier);
+        }
+        match self.current.entry(reqid) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(index);
+                None
+            }
+        }
+    }
+}
