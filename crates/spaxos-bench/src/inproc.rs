@@ -48,7 +48,9 @@ impl Digest {
             let mut chunks = v.chunks_exact(8);
             for chunk in &mut chunks {
                 let word = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
-                h = (h ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(23);
+                h = (h ^ word)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .rotate_left(23);
             }
             for &b in chunks.remainder() {
                 h = (h ^ b as u64).wrapping_mul(0x100_0000_01B3);
@@ -140,8 +142,8 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
     cluster.messages = 0;
     cluster.records = 0;
 
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-        .map_err(|e| e.to_string())?;
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
     let mut proposed_at: Vec<Option<Instant>> = vec![None; args.n as usize + 1];
     let payload = vec![b'x'; args.value_size];
     let (mut proposed, mut chosen, mut rounds) = (0u64, 0u64, 0u64);
@@ -171,7 +173,9 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
                     }
                 }
                 Outcome::Lost { index } => {
-                    return Err(format!("reqid {reqid} lost at {index} with a stable leader"))
+                    return Err(format!(
+                        "reqid {reqid} lost at {index} with a stable leader"
+                    ))
                 }
             }
         }

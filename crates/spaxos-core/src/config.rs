@@ -138,7 +138,10 @@ impl CoreConfig {
             ("noop_timeout_ticks", self.noop_timeout_ticks as u64),
             ("catchup_retry_ticks", self.catchup_retry_ticks as u64),
             ("inflight_max", self.inflight_max),
-            ("leaderless_inflight_max", self.leaderless_inflight_max as u64),
+            (
+                "leaderless_inflight_max",
+                self.leaderless_inflight_max as u64,
+            ),
             ("batch_bytes_max", self.batch_bytes_max as u64),
             ("value_bytes_max", self.value_bytes_max as u64),
             ("catchup_batch_max", self.catchup_batch_max),

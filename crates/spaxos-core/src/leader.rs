@@ -68,10 +68,7 @@ impl Node {
             if e.chosen {
                 c.chosen.push((e.index, e.value));
             } else if e.index >= c.from_index {
-                let better = c
-                    .entries
-                    .get(&e.index)
-                    .is_none_or(|(b, _)| e.accepted > *b);
+                let better = c.entries.get(&e.index).is_none_or(|(b, _)| e.accepted > *b);
                 if better {
                     c.entries.insert(e.index, (e.accepted, e.value));
                 }
@@ -87,8 +84,7 @@ impl Node {
     }
 
     fn become_leader(&mut self) {
-        let RoleState::Candidate(c) = std::mem::replace(&mut self.role, RoleState::Follower)
-        else {
+        let RoleState::Candidate(c) = std::mem::replace(&mut self.role, RoleState::Follower) else {
             return;
         };
         let ballot = c.ballot;
@@ -191,9 +187,7 @@ impl Node {
             // A retried forward of a proposal that is already queued.
             let queued = l.assigned.get(&reqid) == Some(&QUEUED);
             if !queued && l.queue.len() < queue_max {
-                if !l.assigned.contains_key(&reqid) {
-                    l.assigned.insert(reqid, QUEUED);
-                }
+                l.assigned.entry(reqid).or_insert(QUEUED);
                 l.queue.push_back((value, origin));
             }
             return;

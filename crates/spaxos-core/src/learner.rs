@@ -7,7 +7,9 @@ use rand::Rng;
 use crate::message::Body;
 use crate::node::{Node, RoleState};
 use crate::ready::ReadRequest;
-use crate::types::{Ballot, ChosenItem, Index, InstanceState, NodeId, Outcome, Record, ReqId, Value};
+use crate::types::{
+    Ballot, ChosenItem, Index, InstanceState, NodeId, Outcome, Record, ReqId, Value,
+};
 
 impl Node {
     /// The value accepted locally at `index` is chosen (a vote quorum
@@ -48,7 +50,8 @@ impl Node {
             // against a request is the one allowed difference: a peer that
             // already delivered the index may serve it with its duplicate
             // suppressed, which this node will also do when it gets there.
-            let dedup_equivalent = value.is_noop() || inst.value.as_ref().is_some_and(|v| v.is_noop());
+            let dedup_equivalent =
+                value.is_noop() || inst.value.as_ref().is_some_and(|v| v.is_noop());
             assert!(
                 inst.value.as_ref() == Some(&value) || dedup_equivalent,
                 "two values chosen at index {index}: {:?} and {:?}",
@@ -138,9 +141,7 @@ impl Node {
                         chosen: true,
                     }));
                 } else if self.pending.remove(&reqid).is_some() {
-                    self.out
-                        .outcomes
-                        .push((reqid, Outcome::Chosen { index }));
+                    self.out.outcomes.push((reqid, Outcome::Chosen { index }));
                 }
                 if let RoleState::Leader(l) = &mut self.role {
                     if !l.assigned.is_empty() && l.assigned.get(&reqid) == Some(&index) {

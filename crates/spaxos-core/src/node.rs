@@ -13,8 +13,7 @@ use crate::message::{Body, Message};
 use crate::proposer::SingleProposer;
 use crate::ready::Ready;
 use crate::types::{
-    Ballot, Index, InstanceState, NodeId, NodeState, Outcome, Record, RecoveredState, ReqId,
-    Value,
+    Ballot, Index, InstanceState, NodeId, NodeState, Outcome, Record, RecoveredState, ReqId, Value,
 };
 
 /// Hasher for maps keyed by `u64` ids (reqids, indices): one multiply, no
@@ -250,10 +249,7 @@ impl Node {
             rng,
             now: 0,
             state: recovered.node,
-            max_round_seen: recovered
-                .node
-                .max_round
-                .max(recovered.node.promised.round),
+            max_round_seen: recovered.node.max_round.max(recovered.node.promised.round),
             base,
             instances: VecDeque::new(),
             max_index: recovered.chosen_through,
@@ -580,7 +576,11 @@ impl Node {
     }
 
     pub(crate) fn instance_mut_force(&mut self, index: Index) -> &mut Instance {
-        assert!(index >= self.base, "instance {index} below base {}", self.base);
+        assert!(
+            index >= self.base,
+            "instance {index} below base {}",
+            self.base
+        );
         let offset = (index - self.base) as usize;
         while self.instances.len() <= offset {
             self.instances.push_back(Instance {

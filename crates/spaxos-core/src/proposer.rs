@@ -145,7 +145,10 @@ impl Node {
     }
 
     pub(crate) fn proposer_on_reject(&mut self, index: Index, ballot: Ballot, promised: Ballot) {
-        let backoff = self.random_ticks(self.cfg.retry_backoff_ticks, self.cfg.retry_backoff_ticks * 2);
+        let backoff = self.random_ticks(
+            self.cfg.retry_backoff_ticks,
+            self.cfg.retry_backoff_ticks * 2,
+        );
         let now = self.now;
         let Some(inst) = self.instance_mut(index) else {
             return;

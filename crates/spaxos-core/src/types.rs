@@ -47,8 +47,14 @@ impl std::fmt::Display for Ballot {
 pub enum Value {
     /// Fills a hole; carries no request.
     Noop,
-    One { reqid: ReqId, value: Bytes },
-    Many { reqid: ReqId, values: Arc<[Bytes]> },
+    One {
+        reqid: ReqId,
+        value: Bytes,
+    },
+    Many {
+        reqid: ReqId,
+        values: Arc<[Bytes]>,
+    },
 }
 
 impl Value {

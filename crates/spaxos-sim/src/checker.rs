@@ -58,7 +58,10 @@ impl Checker {
 
     /// A message was produced by a node's core (before it is sent).
     pub fn on_produced(&mut self, msg: &Message) {
-        if let Body::Accept { ballot, entries, .. } = &msg.body {
+        if let Body::Accept {
+            ballot, entries, ..
+        } = &msg.body
+        {
             if ballot.node != msg.from {
                 self.violation(format!(
                     "node {} sent an accept with another node's ballot {ballot}",
@@ -103,29 +106,25 @@ impl Checker {
     pub fn on_sent(&mut self, msg: &Message, disk: &Durable) {
         let from = msg.from;
         match &msg.body {
-            Body::Prepare { ballot, .. } | Body::PrepareRange { ballot, .. } => {
-                if ballot.node == from && disk.node.max_round < ballot.round {
-                    self.violation(format!(
+            Body::Prepare { ballot, .. } | Body::PrepareRange { ballot, .. }
+                if ballot.node == from && disk.node.max_round < ballot.round =>
+            {
+                self.violation(format!(
                         "node {from} sent a prepare at {ballot} before persisting max_round (disk has {})",
                         disk.node.max_round
                     ));
-                }
             }
-            Body::Promise { ballot, index, .. } => {
-                if disk.effective_promise(*index) < *ballot {
-                    self.violation(format!(
-                        "node {from} promised {ballot} at index {index} but its disk promises only {}",
-                        disk.effective_promise(*index)
-                    ));
-                }
+            Body::Promise { ballot, index, .. } if disk.effective_promise(*index) < *ballot => {
+                self.violation(format!(
+                    "node {from} promised {ballot} at index {index} but its disk promises only {}",
+                    disk.effective_promise(*index)
+                ));
             }
-            Body::PromiseRange { ballot, .. } => {
-                if disk.node.promised < *ballot {
-                    self.violation(format!(
-                        "node {from} sent a range promise {ballot} but its disk promises only {}",
-                        disk.node.promised
-                    ));
-                }
+            Body::PromiseRange { ballot, .. } if disk.node.promised < *ballot => {
+                self.violation(format!(
+                    "node {from} sent a range promise {ballot} but its disk promises only {}",
+                    disk.node.promised
+                ));
             }
             Body::Accepted { ballot, indices } => {
                 let bit = self.bit(from);
@@ -225,11 +224,16 @@ impl Checker {
 
     pub fn on_outcome(&mut self, node: NodeId, reqid: ReqId, outcome: Outcome) {
         let Some(p) = self.proposals.get_mut(&reqid) else {
-            self.violation(format!("node {node} reported an outcome for unknown reqid {reqid}"));
+            self.violation(format!(
+                "node {node} reported an outcome for unknown reqid {reqid}"
+            ));
             return;
         };
         if p.node != node {
-            let text = format!("node {node} reported an outcome for reqid {reqid} proposed on node {}", p.node);
+            let text = format!(
+                "node {node} reported an outcome for reqid {reqid} proposed on node {}",
+                p.node
+            );
             self.violation(text);
             return;
         }

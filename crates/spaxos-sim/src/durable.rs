@@ -24,7 +24,10 @@ impl Durable {
                         .instances
                         .get_mut(index)
                         .expect("Chosen record for an index with no Instance record");
-                    assert!(st.value.is_some(), "Chosen record for index {index} without a value");
+                    assert!(
+                        st.value.is_some(),
+                        "Chosen record for index {index} without a value"
+                    );
                     st.chosen = true;
                 }
             }

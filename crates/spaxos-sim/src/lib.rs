@@ -187,11 +187,27 @@ impl Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let calm = rng.random_bool(0.2);
         let faults = Faults {
-            drop: if calm { 0.0 } else { rng.random_range(0.0..0.15) },
-            duplicate: if calm { 0.0 } else { rng.random_range(0.0..0.05) },
+            drop: if calm {
+                0.0
+            } else {
+                rng.random_range(0.0..0.15)
+            },
+            duplicate: if calm {
+                0.0
+            } else {
+                rng.random_range(0.0..0.05)
+            },
             delay_max: rng.random_range(2..40),
-            crash: if calm { 0.0 } else { rng.random_range(0.0..0.004) },
-            partition: if calm { 0.0 } else { rng.random_range(0.0..0.01) },
+            crash: if calm {
+                0.0
+            } else {
+                rng.random_range(0.0..0.004)
+            },
+            partition: if calm {
+                0.0
+            } else {
+                rng.random_range(0.0..0.01)
+            },
             propose: rng.random_range(0.05..0.8),
             disk_latency_max: rng.random_range(1..20),
             accepts_before_persist: rng.random_bool(0.5),
@@ -248,14 +264,21 @@ impl Sim {
             trace: Vec::new(),
             healing: false,
         };
-        let faults = format!("{:?} small_limits={small_limits} retry_lost={retry_lost}", sim.faults);
+        let faults = format!(
+            "{:?} small_limits={small_limits} retry_lost={retry_lost}",
+            sim.faults
+        );
         sim.log(format!("seed {} nodes {} faults {faults}", sim.cfg.seed, n));
         sim
     }
 
     fn log(&mut self, line: String) {
         if self.cfg.trace {
-            self.trace.push(format!("[t={} tick={}] {line}", self.now, self.now / UNITS_PER_TICK));
+            self.trace.push(format!(
+                "[t={} tick={}] {line}",
+                self.now,
+                self.now / UNITS_PER_TICK
+            ));
         }
     }
 
@@ -276,7 +299,7 @@ impl Sim {
             }
             self.deliver_due();
             self.persist_due();
-            if self.now % UNITS_PER_TICK == 0 {
+            if self.now.is_multiple_of(UNITS_PER_TICK) {
                 if self.now < chaos_end {
                     self.chaos();
                 }
@@ -332,7 +355,10 @@ impl Sim {
                         }
                     }
                 }
-                self.log(format!("partition: node {} isolated (one_way={one_way})", victim + 1));
+                self.log(format!(
+                    "partition: node {} isolated (one_way={one_way})",
+                    victim + 1
+                ));
             }
         }
     }
@@ -394,8 +420,11 @@ impl Sim {
         let value = if self.rng.random_bool(0.1) {
             Value::Many {
                 reqid,
-                values: vec![Bytes::from(format!("a{reqid}")), Bytes::from(format!("b{reqid}"))]
-                    .into(),
+                values: vec![
+                    Bytes::from(format!("a{reqid}")),
+                    Bytes::from(format!("b{reqid}")),
+                ]
+                .into(),
             }
         } else {
             Value::One {
@@ -418,7 +447,10 @@ impl Sim {
             Err(ProposeError::Busy(_)) => {
                 self.checker.proposals.remove(&reqid);
             }
-            Err(e) => self.checker.violations.push(format!("propose {reqid} refused: {e}")),
+            Err(e) => self
+                .checker
+                .violations
+                .push(format!("propose {reqid} refused: {e}")),
         }
         self.log(format!("client propose reqid {reqid} on node {id}"));
         self.drain(slot);
@@ -484,7 +516,11 @@ impl Sim {
             return;
         }
         let latency = self.rng.random_range(0..=self.faults.disk_latency_max);
-        let previous = self.nodes[slot].unpersisted.back().map(|b| b.0).unwrap_or(0);
+        let previous = self.nodes[slot]
+            .unpersisted
+            .back()
+            .map(|b| b.0)
+            .unwrap_or(0);
         let due = (self.now + latency).max(previous);
         self.nodes[slot]
             .unpersisted
@@ -562,7 +598,9 @@ impl Sim {
                 break;
             }
             self.network.pop();
-            let msg = self.in_flight[id].take().expect("in-flight slot holds a message");
+            let msg = self.in_flight[id]
+                .take()
+                .expect("in-flight slot holds a message");
             self.free_slots.push(id);
             let to_slot = (msg.to - 1) as usize;
             let from_slot = (msg.from - 1) as usize;
@@ -597,9 +635,10 @@ impl Sim {
                 .map(|r| {
                     let p = &self.checker.proposals[r];
                     let slot = (p.node - 1) as usize;
-                    let state = self.nodes[slot].node.as_ref().map(|n| {
-                        (n.pending_proposal(*r), n.status())
-                    });
+                    let state = self.nodes[slot]
+                        .node
+                        .as_ref()
+                        .map(|n| (n.pending_proposal(*r), n.status()));
                     format!("{r} on node {}: {state:?}", p.node)
                 })
                 .collect();
@@ -647,7 +686,10 @@ fn short(body: &Body) -> String {
             entries,
         } => format!(
             "promise_range b={ballot} from={from_index} ct={chosen_through} entries={:?}",
-            entries.iter().map(|e| (e.index, e.accepted)).collect::<Vec<_>>()
+            entries
+                .iter()
+                .map(|e| (e.index, e.accepted))
+                .collect::<Vec<_>>()
         ),
         other => format!("{other:?}"),
     }

@@ -39,7 +39,7 @@ struct Args {
 }
 
 fn nodes_for(seed: u64, fixed: Option<usize>) -> usize {
-    fixed.unwrap_or(if seed % 2 == 0 { 3 } else { 5 })
+    fixed.unwrap_or(if seed.is_multiple_of(2) { 3 } else { 5 })
 }
 
 fn main() -> ExitCode {

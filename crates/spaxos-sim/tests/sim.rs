@@ -3,7 +3,11 @@
 
 use spaxos_sim::{run, Mutation, SimConfig};
 
-fn failing_seeds(nodes: usize, seeds: std::ops::Range<u64>, mutation: Option<Mutation>) -> Vec<(u64, Vec<String>)> {
+fn failing_seeds(
+    nodes: usize,
+    seeds: std::ops::Range<u64>,
+    mutation: Option<Mutation>,
+) -> Vec<(u64, Vec<String>)> {
     seeds
         .filter_map(|seed| {
             let mut cfg = SimConfig::new(seed, nodes);
@@ -40,10 +44,15 @@ fn same_seed_same_run() {
 #[test]
 fn sending_before_persisting_is_caught() {
     let failed = failing_seeds(3, 0..5, Some(Mutation::SendBeforePersist));
-    assert!(!failed.is_empty(), "the durability checker missed a driver that sends before persisting");
+    assert!(
+        !failed.is_empty(),
+        "the durability checker missed a driver that sends before persisting"
+    );
     let (seed, violations) = &failed[0];
     assert!(
-        violations.iter().any(|v| v.contains("before persisting") || v.contains("disk promises only") || v.contains("disk has accepted only")),
+        violations.iter().any(|v| v.contains("before persisting")
+            || v.contains("disk promises only")
+            || v.contains("disk has accepted only")),
         "seed {seed}: unexpected violations {violations:?}"
     );
 }
@@ -51,5 +60,8 @@ fn sending_before_persisting_is_caught() {
 #[test]
 fn a_disk_that_loses_acknowledged_writes_breaks_safety_and_is_caught() {
     let failed = failing_seeds(3, 0..60, Some(Mutation::LyingDisk));
-    assert!(!failed.is_empty(), "no seed caught a disk that loses acknowledged writes");
+    assert!(
+        !failed.is_empty(),
+        "no seed caught a disk that loses acknowledged writes"
+    );
 }
