@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use clap::Args;
 use hdrhistogram::Histogram;
-use spaxos_core::{ChosenItem, CoreConfig, Message, Node, Outcome, Value};
+use spaxos_core::{ChosenItem, CoreConfig, Message, Node, Outcome, Ready, Value};
 
 /// Options of the `inproc` mode.
 #[derive(Args, Debug)]
@@ -64,6 +64,8 @@ impl Digest {
 
 struct Cluster {
     nodes: Vec<Node>,
+    /// One reusable output buffer per node (see `Node::ready_into`).
+    readies: Vec<Ready>,
     digests: Vec<Digest>,
     inbox: Vec<Message>,
     messages: u64,
@@ -87,6 +89,7 @@ impl Cluster {
             })
             .collect();
         Cluster {
+            readies: (0..n).map(|_| Ready::default()).collect(),
             nodes,
             digests: vec![Digest::default(); n as usize],
             inbox: Vec::new(),
@@ -99,16 +102,21 @@ impl Cluster {
     /// all messages. Returns the leader's outcomes.
     fn round(&mut self, outcomes: &mut Vec<(u64, Outcome)>) {
         for (slot, node) in self.nodes.iter_mut().enumerate() {
-            let ready = node.ready();
+            let ready = &mut self.readies[slot];
+            node.ready_into(ready);
             self.records += ready.records.len() as u64;
-            for item in &ready.chosen {
-                self.digests[slot].add(item);
+            ready.records.clear();
+            for item in ready.chosen.drain(..) {
+                self.digests[slot].add(&item);
             }
             if slot == 0 {
-                outcomes.extend(ready.outcomes);
+                outcomes.append(&mut ready.outcomes);
+            } else {
+                ready.outcomes.clear();
             }
-            self.inbox.extend(ready.messages);
-            self.inbox.extend(ready.messages_now);
+            self.inbox.append(&mut ready.messages);
+            self.inbox.append(&mut ready.messages_now);
+            ready.reads.clear();
         }
         self.messages += self.inbox.len() as u64;
         for msg in self.inbox.drain(..) {

@@ -446,6 +446,25 @@ impl Node {
         std::mem::take(&mut self.out)
     }
 
+    /// Like [`Node::ready`], but appends into `ready`, whose vectors the
+    /// caller empties (e.g. with `drain(..)`) and passes again: their
+    /// capacity is reused, which saves allocating and growing them on every
+    /// round of a busy node.
+    pub fn ready_into(&mut self, ready: &mut Ready) {
+        self.flush_batches();
+        let out = &mut self.out;
+        if ready.is_empty() {
+            std::mem::swap(ready, out);
+            return;
+        }
+        ready.records.append(&mut out.records);
+        ready.messages.append(&mut out.messages);
+        ready.messages_now.append(&mut out.messages_now);
+        ready.chosen.append(&mut out.chosen);
+        ready.outcomes.append(&mut out.outcomes);
+        ready.reads.append(&mut out.reads);
+    }
+
     /// True when [`Node::ready`] would return something.
     pub fn has_ready(&self) -> bool {
         !self.out.is_empty()
