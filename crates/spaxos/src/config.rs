@@ -403,7 +403,7 @@ impl Config {
                 }
             }
         }
-        if self.groups.len() % 2 == 0 {
+        if self.groups.len().is_multiple_of(2) {
             warnings.push(ConfigWarning::EvenGroupSize(self.groups.len()));
         }
     }

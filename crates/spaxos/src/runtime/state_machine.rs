@@ -1,0 +1,484 @@
+//! The state-machine thread (SMT, seed §"SMT"): owns the protocol core and
+//! never blocks on I/O.
+//!
+//! One round: block for one input (a storage event, a peer message, an API
+//! command, a tick or the stop signal), take whatever else is already queued
+//! (at most [`ROUND_INPUTS_MAX`]), then drain the core's `Ready` into one
+//! job for the storage thread. The only place it waits is handing that job
+//! over when the storage queue is full: that is the backpressure that reaches
+//! proposers when the disk is slow.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{select, Receiver, Select, Sender, TryRecvError, TrySendError};
+use spaxos_core::{ChosenItem, CoreConfig, Index, Message, Node, NodeId, Outcome, ReqId, Role};
+use tracing::{debug, error, info, warn};
+
+use super::error::{Error, ProposalError};
+use super::queues::{Command, Job, ProposalReply, StorageEvent, StorageInput, ROUND_INPUTS_MAX};
+use super::status::Shared;
+use crate::transport::TransportHandle;
+
+/// An ordered subscriber gets exactly the items `next, next + 1, ...`; one it
+/// cannot take at once is disconnected, and its stream fills the gap from
+/// storage before it subscribes again.
+struct OrderedSubscriber {
+    items: Sender<ChosenItem>,
+    next: Index,
+}
+
+/// Everything the SMT owns.
+pub(crate) struct StateMachine {
+    pub node: Node,
+    pub core_config: CoreConfig,
+    /// Incarnation of `node`: bumped by each rebuild after a write error.
+    pub generation: u64,
+    pub send_accepts_before_persist: bool,
+    pub transport: Arc<TransportHandle>,
+    pub shared: Arc<Shared>,
+    pub commands: Receiver<Command>,
+    pub network: Receiver<Message>,
+    pub storage_events: Receiver<StorageEvent>,
+    pub stop: Receiver<()>,
+    pub ticks: Receiver<Instant>,
+    pub storage: Sender<StorageInput>,
+    pub proposals: HashMap<ReqId, ProposalReply>,
+    subscribers: Vec<Sender<ChosenItem>>,
+    ordered: Vec<OrderedSubscriber>,
+    /// Highest index handed to subscribers. A rebuilt core delivers again
+    /// from what storage holds; those repeats are skipped.
+    delivered_through: Index,
+    /// Storage events taken while waiting to hand over a job.
+    stashed_events: VecDeque<StorageEvent>,
+    last_leader: (Role, Option<NodeId>),
+}
+
+enum Input {
+    Event(StorageEvent),
+    Message(Message),
+    Command(Command),
+    Tick,
+    Stop,
+}
+
+/// Whether the loop goes on.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+pub(crate) struct StateMachineParts {
+    pub node: Node,
+    pub core_config: CoreConfig,
+    pub send_accepts_before_persist: bool,
+    pub transport: Arc<TransportHandle>,
+    pub shared: Arc<Shared>,
+    pub commands: Receiver<Command>,
+    pub network: Receiver<Message>,
+    pub storage_events: Receiver<StorageEvent>,
+    pub stop: Receiver<()>,
+    pub ticks: Receiver<Instant>,
+    pub storage: Sender<StorageInput>,
+}
+
+impl StateMachine {
+    pub fn new(parts: StateMachineParts) -> StateMachine {
+        let status = parts.node.status();
+        parts.shared.publish(status.clone());
+        StateMachine {
+            delivered_through: parts.node.chosen_through(),
+            last_leader: (status.role, status.leader),
+            node: parts.node,
+            core_config: parts.core_config,
+            generation: 0,
+            send_accepts_before_persist: parts.send_accepts_before_persist,
+            transport: parts.transport,
+            shared: parts.shared,
+            commands: parts.commands,
+            network: parts.network,
+            storage_events: parts.storage_events,
+            stop: parts.stop,
+            ticks: parts.ticks,
+            storage: parts.storage,
+            proposals: HashMap::new(),
+            subscribers: Vec::new(),
+            ordered: Vec::new(),
+            stashed_events: VecDeque::new(),
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            let mut flow = Flow::Continue;
+            let mut taken = 0;
+            while let Some(event) = self.stashed_events.pop_front() {
+                taken += 1;
+                if self.handle(Input::Event(event)) == Flow::Stop {
+                    flow = Flow::Stop;
+                    break;
+                }
+            }
+            if flow == Flow::Continue && taken == 0 {
+                let input = self.wait_input();
+                flow = self.handle(input);
+                taken = 1;
+            }
+            while flow == Flow::Continue && taken < ROUND_INPUTS_MAX {
+                let Some(input) = self.try_input() else {
+                    break;
+                };
+                flow = self.handle(input);
+                taken += 1;
+            }
+            if self.flush_ready() == Flow::Stop {
+                flow = Flow::Stop;
+            }
+            self.publish_status();
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        self.finish();
+    }
+
+    /// Blocks for the next input. Storage events come first: they carry
+    /// this node's own votes, which unblock everything else.
+    fn wait_input(&self) -> Input {
+        select! {
+            recv(self.storage_events) -> event => match event {
+                Ok(event) => Input::Event(event),
+                Err(_) => Input::Event(StorageEvent::Failed {
+                    reason: "the storage thread exited".to_string(),
+                }),
+            },
+            recv(self.stop) -> _ => Input::Stop,
+            recv(self.network) -> msg => match msg {
+                Ok(msg) => Input::Message(msg),
+                // The transport owns the only other sender; it is gone only
+                // at shutdown.
+                Err(_) => Input::Stop,
+            },
+            recv(self.commands) -> command => match command {
+                Ok(command) => Input::Command(command),
+                Err(_) => Input::Stop,
+            },
+            recv(self.ticks) -> _ => Input::Tick,
+        }
+    }
+
+    /// The next queued input, if any, in the same priority order.
+    fn try_input(&self) -> Option<Input> {
+        match self.storage_events.try_recv() {
+            Ok(event) => return Some(Input::Event(event)),
+            Err(TryRecvError::Disconnected) => {
+                return Some(Input::Event(StorageEvent::Failed {
+                    reason: "the storage thread exited".to_string(),
+                }))
+            }
+            Err(TryRecvError::Empty) => {}
+        }
+        if self.stop.try_recv().is_ok() {
+            return Some(Input::Stop);
+        }
+        if let Ok(msg) = self.network.try_recv() {
+            return Some(Input::Message(msg));
+        }
+        if let Ok(command) = self.commands.try_recv() {
+            return Some(Input::Command(command));
+        }
+        if self.ticks.try_recv().is_ok() {
+            return Some(Input::Tick);
+        }
+        None
+    }
+
+    fn handle(&mut self, input: Input) -> Flow {
+        match input {
+            Input::Event(event) => return self.on_storage_event(event),
+            Input::Message(msg) => self.node.step(msg),
+            Input::Command(command) => self.on_command(command),
+            Input::Tick => self.node.tick(),
+            Input::Stop => return Flow::Stop,
+        }
+        Flow::Continue
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Propose { value, reply } => {
+                let reqid = value.reqid().unwrap_or(0);
+                match self.node.propose(value) {
+                    Ok(()) => {
+                        // The core refuses a reqid already pending, so the
+                        // slot is free.
+                        self.proposals.insert(reqid, reply);
+                    }
+                    Err(refused) => reply.send(Err(ProposalError::Rejected(refused))),
+                }
+            }
+            Command::Subscribe { items } => self.subscribers.push(items),
+            Command::SubscribeOrdered {
+                from,
+                items,
+                live_from,
+            } => {
+                let next = from.max(self.delivered_through + 1);
+                // The stream reads everything below `next` from storage.
+                // Every chosen record up to `delivered_through` is in a job
+                // already queued to the ST, and the stream's reads queue
+                // behind it.
+                if live_from.send(next).is_ok() {
+                    self.ordered.push(OrderedSubscriber { items, next });
+                }
+            }
+            Command::Checkpoint { index, reply } => {
+                // Keep the dedup window: recovery reads the reqids of its
+                // indices from storage to suppress duplicates after a restart.
+                let through = index
+                    .min(self.node.chosen_through())
+                    .saturating_sub(self.core_config.dedup_window);
+                let input = StorageInput::Compact {
+                    through,
+                    reply: reply.clone(),
+                };
+                if !self.send_to_storage(input) {
+                    let _ = reply.send(Err(Error::Stopped {
+                        reason: self.shared.stop_reason(),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn on_storage_event(&mut self, event: StorageEvent) -> Flow {
+        match event {
+            StorageEvent::Released {
+                generation,
+                messages,
+            } => {
+                // Messages of an older incarnation belong to a core that no
+                // longer exists.
+                if generation == self.generation {
+                    for msg in messages {
+                        self.node.step(msg);
+                    }
+                }
+                Flow::Continue
+            }
+            StorageEvent::Rebuilt {
+                generation,
+                recovered,
+                cause,
+            } => {
+                let summary = (
+                    recovered.chosen_through,
+                    recovered.instances.len(),
+                    recovered.node.max_round,
+                );
+                match Node::restore(self.core_config.clone(), *recovered) {
+                    Ok(node) => {
+                        self.node = node;
+                        self.generation = generation;
+                        warn!(
+                            generation,
+                            chosen_through = summary.0,
+                            instances = summary.1,
+                            max_round = summary.2,
+                            %cause,
+                            "core rebuilt from storage after a write error"
+                        );
+                        self.fail_proposals(|| ProposalError::Aborted {
+                            reason: cause.clone(),
+                        });
+                        Flow::Continue
+                    }
+                    Err(refused) => {
+                        self.stop_with(format!("cannot rebuild the core: {refused}"));
+                        Flow::Stop
+                    }
+                }
+            }
+            StorageEvent::Failed { reason } => {
+                self.stop_with(reason);
+                Flow::Stop
+            }
+        }
+    }
+
+    fn stop_with(&mut self, reason: String) {
+        error!(%reason, "node stopped");
+        self.shared.fail(reason);
+    }
+
+    /// Takes the core's output and routes it (see `spaxos_core::Ready`).
+    fn flush_ready(&mut self) -> Flow {
+        if !self.node.has_ready() {
+            return Flow::Continue;
+        }
+        let ready = self.node.ready();
+        let mut messages_after_write = ready.messages_now;
+        if self.send_accepts_before_persist {
+            // These promise nothing about local durable state; the leader's
+            // own vote is in `ready.messages` and still waits for the write.
+            self.transport
+                .send_batch(std::mem::take(&mut messages_after_write));
+        }
+        let job = Job {
+            generation: self.generation,
+            records: ready.records,
+            messages: ready.messages,
+            messages_after_write,
+            reads: ready.reads,
+        };
+        // The job goes first: a caller told "chosen at i" that then asks
+        // get(i) finds the value, since its request queues behind this job.
+        let mut flow = Flow::Continue;
+        if !job.is_empty() && !self.send_to_storage(StorageInput::Job(job)) {
+            self.stop_with("the storage thread exited".to_string());
+            flow = Flow::Stop;
+        }
+        for item in ready.chosen {
+            self.deliver(item);
+        }
+        for (reqid, outcome) in ready.outcomes {
+            self.resolve(reqid, outcome);
+        }
+        flow
+    }
+
+    /// Hands `input` to the ST, waiting while its queue is full. Storage
+    /// events that arrive meanwhile are stashed for the next round, so the
+    /// ST never waits on us while we wait on it. False if the ST is gone.
+    fn send_to_storage(&mut self, mut input: StorageInput) -> bool {
+        loop {
+            match self.storage.try_send(input) {
+                Ok(()) => return true,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(back)) => input = back,
+            }
+            let mut select = Select::new();
+            select.send(&self.storage);
+            select.recv(&self.storage_events);
+            select.ready();
+            while let Ok(event) = self.storage_events.try_recv() {
+                self.stashed_events.push_back(event);
+            }
+        }
+    }
+
+    fn deliver(&mut self, item: ChosenItem) {
+        if item.index <= self.delivered_through {
+            return;
+        }
+        if item.index != self.delivered_through + 1 {
+            // The core delivers a contiguous prefix; ordered subscribers
+            // recover from storage if this ever happens.
+            warn!(
+                index = item.index,
+                delivered_through = self.delivered_through,
+                "chosen items skipped an index"
+            );
+        }
+        self.delivered_through = item.index;
+        debug!(
+            index = item.index,
+            reqid = item.value.reqid().unwrap_or(0),
+            values = item.value.values().len(),
+            "chosen"
+        );
+        self.subscribers
+            .retain(|items| match items.try_send(item.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    warn!(
+                        index = item.index,
+                        "a chosen-item subscriber fell too far behind; disconnected"
+                    );
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            });
+        self.ordered.retain_mut(|subscriber| {
+            if item.index < subscriber.next {
+                return true;
+            }
+            if item.index > subscriber.next {
+                return false;
+            }
+            match subscriber.items.try_send(item.clone()) {
+                Ok(()) => {
+                    subscriber.next += 1;
+                    true
+                }
+                Err(TrySendError::Full(_)) => {
+                    debug!(
+                        index = item.index,
+                        "an ordered stream fell behind; it continues from storage"
+                    );
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
+        });
+    }
+
+    fn resolve(&mut self, reqid: ReqId, outcome: Outcome) {
+        if let Some(reply) = self.proposals.remove(&reqid) {
+            reply.send(Ok(outcome));
+        }
+    }
+
+    fn fail_proposals(&mut self, error: impl Fn() -> ProposalError) {
+        for (_, reply) in self.proposals.drain() {
+            reply.send(Err(error()));
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let status = self.node.status();
+        let leader = (status.role, status.leader);
+        if leader != self.last_leader {
+            info!(
+                role = ?status.role,
+                leader = ?status.leader,
+                ballot = %status.leader_ballot,
+                chosen_through = status.chosen_through,
+                "leadership changed"
+            );
+            self.last_leader = leader;
+        }
+        self.shared.publish(status);
+    }
+
+    /// Stops: what the last round produced is already queued to the ST;
+    /// ask it to write that and exit, and tell every waiting proposer.
+    fn finish(mut self) {
+        let reason = self.shared.stop_reason();
+        self.fail_proposals(|| ProposalError::Stopped {
+            reason: reason.clone(),
+        });
+        // Requests still queued: answer them rather than leave callers
+        // waiting on replies that would never come.
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Propose { reply, .. } => reply.send(Err(ProposalError::Stopped {
+                    reason: reason.clone(),
+                })),
+                Command::Checkpoint { reply, .. } => {
+                    let _ = reply.send(Err(Error::Stopped {
+                        reason: reason.clone(),
+                    }));
+                }
+                Command::Subscribe { .. } | Command::SubscribeOrdered { .. } => {}
+            }
+        }
+        let _ = self.send_to_storage(StorageInput::Shutdown);
+        info!(
+            chosen_through = self.node.chosen_through(),
+            "state machine stopped"
+        );
+    }
+}

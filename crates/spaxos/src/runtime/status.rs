@@ -1,0 +1,70 @@
+//! [`Status`], and the state the threads share with the API handle.
+
+use std::sync::{Mutex, MutexGuard};
+
+use spaxos_core::{Index, NodeId, NodeStatus, Role};
+
+/// A snapshot of one node, from [`crate::Spaxos::status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node's id.
+    pub id: NodeId,
+    /// Follower, candidate or leader.
+    pub role: Role,
+    /// The leader this node follows (itself when leading), if known.
+    pub leader: Option<NodeId>,
+    /// Every index at or below this is chosen and delivered here (the
+    /// seed's "min index").
+    pub chosen_through: Index,
+    /// Highest index this node knows to exist (the seed's "max index").
+    pub max_index: Index,
+    /// Peers this node has a live connection to, sorted.
+    pub peers_connected: Vec<NodeId>,
+    /// Proposals made on this node still waiting for an outcome.
+    pub pending: usize,
+    /// Set when the node stopped on a fatal error (storage that cannot be
+    /// recovered, a runtime thread that died): every API call then fails
+    /// with this reason.
+    pub failure: Option<String>,
+}
+
+/// What the SMT publishes after each round (so `status()` never waits
+/// behind the command queue) and the reason the node stopped, if it did.
+#[derive(Default)]
+pub(crate) struct Shared {
+    core: Mutex<Option<NodeStatus>>,
+    failure: Mutex<Option<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain data: a panic elsewhere cannot leave it half-updated.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn publish(&self, status: NodeStatus) {
+        *lock(&self.core) = Some(status);
+    }
+
+    pub fn core_status(&self) -> Option<NodeStatus> {
+        lock(&self.core).clone()
+    }
+
+    /// Records the first fatal error; later ones are consequences.
+    pub fn fail(&self, reason: String) {
+        let mut failure = lock(&self.failure);
+        if failure.is_none() {
+            *failure = Some(reason);
+        }
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
+    }
+
+    /// Why API calls fail once the node has stopped.
+    pub fn stop_reason(&self) -> String {
+        self.failure()
+            .unwrap_or_else(|| "the node was shut down".to_string())
+    }
+}

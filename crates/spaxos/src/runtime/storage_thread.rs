@@ -1,0 +1,274 @@
+//! The storage thread (ST, seed §"ST"): owns the [`Storage`] and makes the
+//! core's hard state durable before anything that depends on it leaves.
+//!
+//! Group commit: take one input, then everything else already queued (at
+//! most [`GROUP_COMMIT_INPUTS_MAX`]); write the records of all those jobs
+//! with one `Storage::write` (one `fdatasync`); then release their messages
+//! in order (to self: back to the SMT; to peers: the transport) and serve
+//! their catch-up reads; then answer API requests (get, ordered-stream
+//! reads, compaction). A request queued behind a job sees that job's writes.
+//!
+//! A failed write acknowledges nothing: its messages are dropped. Then, as
+//! the seed says, the ST rebuilds: it reopens storage (a store refuses writes
+//! after a failure), recovers what is durable, and hands it to the SMT,
+//! which restores its core from it. Jobs from the old core are dropped (they
+//! may depend on records that never became durable). If storage cannot be
+//! recovered, the node stops with that error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use spaxos_core::{Body, Message, NodeId, ReadRequest, Record};
+use spaxos_storage::{Storage, StorageError};
+use tracing::{debug, error, info, warn};
+
+use super::error::Error;
+use super::queues::{Job, StorageEvent, StorageInput, GROUP_COMMIT_INPUTS_MAX};
+use super::status::Shared;
+use crate::transport::TransportHandle;
+
+/// Reopens the node's storage after a failed write (a fresh handle re-reads
+/// what actually reached the disk).
+pub type ReopenStorage = Box<dyn FnMut() -> Result<Box<dyn Storage>, StorageError> + Send>;
+
+/// Consecutive failed writes back off up to this before the next rebuild,
+/// so a disk that stays broken costs little CPU and log volume.
+const REBUILD_BACKOFF_MAX: Duration = Duration::from_secs(1);
+const REBUILD_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+pub(crate) struct StorageThread {
+    /// `None` only after a rebuild failed: the node is stopping.
+    pub storage: Option<Box<dyn Storage>>,
+    pub reopen: Option<ReopenStorage>,
+    pub inputs: Receiver<StorageInput>,
+    pub events: Sender<StorageEvent>,
+    pub transport: Arc<TransportHandle>,
+    pub shared: Arc<Shared>,
+    pub self_id: NodeId,
+    pub dedup_window: u64,
+    /// Payload bytes per catch-up reply.
+    pub batch_bytes_max: usize,
+    /// Jobs of older core incarnations are dropped.
+    pub generation: u64,
+    pub failed_writes_in_a_row: u32,
+}
+
+impl StorageThread {
+    pub fn run(mut self) {
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut requests: Vec<StorageInput> = Vec::new();
+        loop {
+            let Ok(first) = self.inputs.recv() else {
+                break;
+            };
+            let mut shutdown = false;
+            let mut taken = 0;
+            let mut next = Some(first);
+            while let Some(input) = next {
+                taken += 1;
+                match input {
+                    StorageInput::Job(job) => jobs.push(job),
+                    StorageInput::Shutdown => {
+                        // Nothing after it is ours to serve.
+                        shutdown = true;
+                        break;
+                    }
+                    request => requests.push(request),
+                }
+                next = if taken < GROUP_COMMIT_INPUTS_MAX {
+                    self.inputs.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            self.commit(&mut jobs);
+            for request in requests.drain(..) {
+                self.serve(request);
+            }
+            if shutdown {
+                break;
+            }
+        }
+        // Callers still waiting get an answer (their reply channels close).
+        while let Ok(input) = self.inputs.try_recv() {
+            drop(input);
+        }
+        info!("storage thread stopped");
+    }
+
+    /// Writes the records of `jobs` in one batch, then releases their
+    /// messages and serves their reads.
+    fn commit(&mut self, jobs: &mut Vec<Job>) {
+        let generation = self.generation;
+        let before = jobs.len();
+        jobs.retain(|job| job.generation == generation);
+        if jobs.len() < before {
+            debug!(
+                dropped = before - jobs.len(),
+                "dropped jobs of a core that was rebuilt"
+            );
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let Some(storage) = self.storage.as_mut() else {
+            jobs.clear();
+            return;
+        };
+        let records_len = jobs.iter().map(|job| job.records.len()).sum();
+        if records_len > 0 {
+            let mut records: Vec<Record> = Vec::with_capacity(records_len);
+            for job in jobs.iter_mut() {
+                records.append(&mut job.records);
+            }
+            if let Err(write_error) = storage.write(&records) {
+                jobs.clear();
+                self.rebuild(write_error);
+                return;
+            }
+            self.failed_writes_in_a_row = 0;
+        }
+        let mut to_self: Vec<Message> = Vec::new();
+        for job in jobs.drain(..) {
+            for msg in job.messages.into_iter().chain(job.messages_after_write) {
+                if msg.to == self.self_id {
+                    to_self.push(msg);
+                } else {
+                    // A full or disconnected peer drops it; Paxos retries.
+                    self.transport.send(msg);
+                }
+            }
+            for read in job.reads {
+                self.serve_catchup(read);
+            }
+        }
+        if !to_self.is_empty() {
+            // The SMT takes storage events even while it waits on our queue,
+            // so this cannot deadlock; it fails only when the SMT is gone.
+            let _ = self.events.send(StorageEvent::Released {
+                generation,
+                messages: to_self,
+            });
+        }
+    }
+
+    /// A peer asked for chosen values the core no longer holds in memory.
+    fn serve_catchup(&mut self, read: ReadRequest) {
+        let Some(storage) = self.storage.as_ref() else {
+            return;
+        };
+        let body = match storage.chosen_range(read.from_index, read.to_index, self.batch_bytes_max)
+        {
+            Ok(entries) if entries.is_empty() => return,
+            Ok(entries) => Body::Learn { entries },
+            Err(StorageError::Compacted { first_index }) => Body::Compacted { first_index },
+            Err(read_error) => {
+                warn!(peer = read.to, %read_error, "cannot serve catch-up from storage");
+                return;
+            }
+        };
+        self.transport.send(Message {
+            from: self.self_id,
+            to: read.to,
+            body,
+        });
+    }
+
+    fn serve(&mut self, request: StorageInput) {
+        let stopped = || Error::Stopped {
+            reason: self.shared.stop_reason(),
+        };
+        match request {
+            StorageInput::Get { index, reply } => {
+                let result = match self.storage.as_ref() {
+                    Some(storage) => storage.chosen(index).map_err(Error::from_storage),
+                    None => Err(stopped()),
+                };
+                let _ = reply.send(result);
+            }
+            StorageInput::ReadRange {
+                from,
+                to,
+                bytes_max,
+                reply,
+            } => {
+                let result = match self.storage.as_ref() {
+                    Some(storage) => storage
+                        .chosen_range(from, to, bytes_max)
+                        .map_err(Error::from_storage),
+                    None => Err(stopped()),
+                };
+                let _ = reply.send(result);
+            }
+            StorageInput::Compact { through, reply } => {
+                let result = match self.storage.as_mut() {
+                    Some(storage) => storage
+                        .compact(through)
+                        .map(|()| through)
+                        .map_err(Error::from_storage),
+                    None => Err(stopped()),
+                };
+                if let Ok(through) = result {
+                    info!(through, "storage compacted");
+                }
+                let _ = reply.send(result);
+            }
+            StorageInput::Job(_) | StorageInput::Shutdown => {
+                unreachable!("jobs and shutdown are handled by run()")
+            }
+        }
+    }
+
+    /// The seed's rebuild: reopen, recover, and hand the durable state to
+    /// the SMT; or stop the node if that fails too.
+    fn rebuild(&mut self, write_error: StorageError) {
+        self.failed_writes_in_a_row = self.failed_writes_in_a_row.saturating_add(1);
+        let failures = self.failed_writes_in_a_row;
+        if failures == 1 || failures.is_power_of_two() {
+            error!(%write_error, failures, "storage write failed; nothing of the batch was acknowledged; rebuilding from storage");
+        }
+        if failures > 1 {
+            let exponent = (failures - 2).min(16);
+            let backoff = REBUILD_BACKOFF_MIN
+                .saturating_mul(1 << exponent)
+                .min(REBUILD_BACKOFF_MAX);
+            std::thread::sleep(backoff);
+        }
+        if let Some(reopen) = self.reopen.as_mut() {
+            // The old handle holds the directory lock: close it first.
+            self.storage = None;
+            match reopen() {
+                Ok(storage) => self.storage = Some(storage),
+                Err(open_error) => {
+                    return self.stop(format!(
+                        "storage write failed ({write_error}) and reopening failed: {open_error}"
+                    ))
+                }
+            }
+        }
+        let Some(storage) = self.storage.as_ref() else {
+            return self.stop(format!("storage write failed: {write_error}"));
+        };
+        match storage.recover(self.dedup_window) {
+            Ok(recovered) => {
+                self.generation += 1;
+                let _ = self.events.send(StorageEvent::Rebuilt {
+                    generation: self.generation,
+                    recovered: Box::new(recovered),
+                    cause: write_error.to_string(),
+                });
+            }
+            Err(recover_error) => self.stop(format!(
+                "storage write failed ({write_error}) and recovery failed: {recover_error}"
+            )),
+        }
+    }
+
+    fn stop(&mut self, reason: String) {
+        error!(%reason, "storage cannot continue; stopping the node");
+        self.storage = None;
+        self.shared.fail(reason.clone());
+        let _ = self.events.send(StorageEvent::Failed { reason });
+    }
+}

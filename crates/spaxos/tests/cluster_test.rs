@@ -1,0 +1,316 @@
+//! In-process 3-node clusters over loopback TCP with real on-disk logs in
+//! temporary directories: the issue's runtime scenarios.
+//!
+//! Set `RUST_LOG=spaxos=debug` to see the nodes' logs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use spaxos::{ChosenItem, Config, NodeId, Outcome, ProposalHandle, Role, Spaxos, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+fn node_config(ports: &[u16], selfid: NodeId, path: &Path) -> Config {
+    let groups: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!(r#"{{"id": {}, "ip": "127.0.0.1", "port": {port}}}"#, i + 1))
+        .collect();
+    let json = format!(
+        r#"{{ "selfid": {selfid}, "groups": [{}], "path": {:?},
+             "stimeout": {{"heartbeat": 20, "instimeoutbase": 100, "instimeoutrange": 50}},
+             "tick_ms": 5, "reconnect_backoff_min_ms": 10, "reconnect_backoff_max_ms": 100 }}"#,
+        groups.join(", "),
+        path.display().to_string()
+    );
+    Config::from_json(&json).expect("test config parses")
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    paths: Vec<PathBuf>,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Spaxos>>,
+}
+
+impl Cluster {
+    fn start(size: usize) -> Cluster {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = free_ports(size);
+        let paths: Vec<PathBuf> = (1..=size)
+            .map(|id| dir.path().join(format!("node{id}")))
+            .collect();
+        let mut cluster = Cluster {
+            _dir: dir,
+            paths,
+            ports,
+            nodes: (0..size).map(|_| None).collect(),
+        };
+        for id in 1..=size as NodeId {
+            cluster.restart(id);
+        }
+        cluster
+    }
+
+    fn node(&self, id: NodeId) -> &Spaxos {
+        self.nodes[(id - 1) as usize]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Spaxos> {
+        self.nodes.iter().flatten()
+    }
+
+    fn stop(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes[(id - 1) as usize].take() {
+            node.shutdown();
+        }
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let slot = (id - 1) as usize;
+        let config = node_config(&self.ports, id, &self.paths[slot]);
+        self.nodes[slot] = Some(Spaxos::start(config).expect("node starts"));
+    }
+
+    /// Waits until every running node follows the same leader; returns it.
+    fn wait_leader(&self) -> NodeId {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leaders: HashSet<Option<NodeId>> =
+                self.running().map(|n| n.status().leader).collect();
+            if leaders.len() == 1 {
+                if let Some(Some(leader)) = leaders.into_iter().next() {
+                    let leads = self.running().any(|n| {
+                        let status = n.status();
+                        status.id == leader && status.role == Role::Leader
+                    });
+                    if leads {
+                        return leader;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader agreed within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn wait_chosen(handle: ProposalHandle) -> u64 {
+    let mut handle = handle;
+    match handle.wait_timeout(WAIT) {
+        Ok(Outcome::Chosen { index }) => index,
+        other => panic!("proposal {} not chosen: {other:?}", handle.reqid()),
+    }
+}
+
+/// Proposes `count` values per thread from `threads` threads on `node`,
+/// pipelined, and returns reqid -> chosen index.
+fn propose_from_threads(
+    node: &Spaxos,
+    first_reqid: u64,
+    threads: u64,
+    count: u64,
+) -> BTreeMap<u64, u64> {
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let node = node.clone();
+                scope.spawn(move || {
+                    let handles: Vec<ProposalHandle> = (0..count)
+                        .map(|k| {
+                            let reqid = first_reqid + t * count + k;
+                            node.propose(reqid, format!("value-{reqid}"))
+                                .expect("proposal queued")
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| (h.reqid(), wait_chosen(h)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("proposer thread"))
+            .collect()
+    })
+}
+
+/// The first `count` items of `node`'s ordered stream from `from`.
+fn ordered_items(node: &Spaxos, from: u64, count: u64) -> Vec<ChosenItem> {
+    let mut stream = node.ordered_from(from);
+    (0..count)
+        .map(|n| {
+            stream
+                .recv_timeout(WAIT)
+                .unwrap_or_else(|e| panic!("node {} item {}: {e}", node.id(), from + n))
+        })
+        .collect()
+}
+
+fn check_contiguous(items: &[ChosenItem], from: u64) {
+    for (expected, item) in (from..).zip(items) {
+        assert_eq!(item.index, expected, "ordered stream has a gap or a repeat");
+    }
+}
+
+#[test]
+fn proposals_from_every_node_are_chosen_and_streams_agree() {
+    let started = Instant::now();
+    let cluster = Cluster::start(3);
+    let mut chosen: BTreeMap<u64, u64> = BTreeMap::new();
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (1..=3)
+            .map(|id| {
+                let node = cluster.node(id);
+                scope.spawn(move || propose_from_threads(node, id * 1_000_000, 3, 40))
+            })
+            .collect();
+        for run in runs {
+            chosen.extend(run.join().expect("node proposers"));
+        }
+    });
+    assert_eq!(chosen.len(), 3 * 3 * 40);
+    let last = *chosen.values().max().expect("some chosen");
+
+    let streams: Vec<Vec<ChosenItem>> = (1..=3)
+        .map(|id| ordered_items(cluster.node(id), 1, last))
+        .collect();
+    check_contiguous(&streams[0], 1);
+    assert_eq!(streams[0], streams[1], "nodes 1 and 2 disagree");
+    assert_eq!(streams[0], streams[2], "nodes 1 and 3 disagree");
+    // Each proposal sits exactly where its outcome said, once.
+    let mut seen = HashSet::new();
+    for item in &streams[0] {
+        if let Some(reqid) = item.value.reqid() {
+            assert!(seen.insert(reqid), "reqid {reqid} delivered twice");
+            assert_eq!(chosen.get(&reqid), Some(&item.index));
+            assert_eq!(item.value.values()[0], format!("value-{reqid}").as_bytes());
+        }
+    }
+    assert_eq!(seen.len(), chosen.len());
+    // get() reads the same value back from storage.
+    let (&reqid, &index) = chosen.iter().next().expect("one proposal");
+    let value = cluster.node(2).get(index).expect("get");
+    assert_eq!(value.and_then(|v| v.reqid()), Some(reqid));
+    eprintln!("streams agree on {last} indices in {:?}", started.elapsed());
+}
+
+#[test]
+fn restarted_node_catches_up_and_its_stream_continues() {
+    let started = Instant::now();
+    let mut cluster = Cluster::start(3);
+    let first = propose_from_threads(cluster.node(1), 1_000, 2, 25);
+    let applied_through = *first.values().max().expect("chosen");
+    // Node 3's application applies everything so far, then node 3 stops.
+    let applied = ordered_items(cluster.node(3), 1, applied_through);
+    check_contiguous(&applied, 1);
+    cluster.stop(3);
+
+    // The other two still form a majority.
+    let mut second = propose_from_threads(cluster.node(1), 2_000, 1, 25);
+    second.extend(propose_from_threads(cluster.node(2), 3_000, 1, 25));
+    let last = *second.values().max().expect("chosen");
+
+    cluster.restart(3);
+    // The application resumes from what it applied: exactly the rest.
+    let rest = ordered_items(cluster.node(3), applied_through + 1, last - applied_through);
+    check_contiguous(&rest, applied_through + 1);
+    let reference = ordered_items(cluster.node(1), 1, last);
+    let resumed: Vec<ChosenItem> = applied.into_iter().chain(rest).collect();
+    assert_eq!(resumed, reference, "restarted node's log differs");
+
+    // The restarted node takes proposals again.
+    let third = propose_from_threads(cluster.node(3), 4_000, 1, 10);
+    assert_eq!(third.len(), 10);
+    eprintln!("restart scenario took {:?}", started.elapsed());
+}
+
+#[test]
+fn new_leader_is_elected_after_the_leader_stops() {
+    let started = Instant::now();
+    let mut cluster = Cluster::start(3);
+    let old_leader = cluster.wait_leader();
+    let before = propose_from_threads(cluster.node(old_leader), 10_000, 1, 20);
+    assert_eq!(before.len(), 20);
+
+    cluster.stop(old_leader);
+    let new_leader = cluster.wait_leader();
+    assert_ne!(new_leader, old_leader);
+
+    let survivors: Vec<NodeId> = (1..=3).filter(|&id| id != old_leader).collect();
+    let mut after = BTreeMap::new();
+    for &id in &survivors {
+        after.extend(propose_from_threads(
+            cluster.node(id),
+            20_000 + id * 1_000,
+            2,
+            15,
+        ));
+    }
+    assert_eq!(after.len(), 2 * 2 * 15);
+    // Indices chosen after the failover come after those chosen before it.
+    let before_max = before.values().max().expect("chosen");
+    assert!(after.values().all(|index| index > before_max));
+    eprintln!(
+        "failover from {old_leader} to {new_leader} took {:?} in total",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn throughput_smoke() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_leader();
+    let started = Instant::now();
+    let chosen = propose_from_threads(cluster.node(leader), 1_000_000, 4, 500);
+    let elapsed = started.elapsed();
+    assert_eq!(chosen.len(), 2000);
+    eprintln!(
+        "throughput smoke: 2000 proposals of ~14 bytes in {elapsed:?} ({:.0}/s)",
+        2000.0 / elapsed.as_secs_f64()
+    );
+}
+
+#[test]
+fn proposals_before_any_leader_are_chosen_and_reqids_are_deduplicated() {
+    let cluster = Cluster::start(3);
+    // Right after start: no leader yet, the proposal waits for one.
+    let index = wait_chosen(cluster.node(2).propose(77, "early").expect("queued"));
+    // The same reqid again: already in the log, so the same index comes back.
+    let again = wait_chosen(cluster.node(2).propose(77, "early").expect("queued"));
+    assert_eq!(again, index);
+    let value = cluster.node(1).get(index).expect("get");
+    assert_eq!(
+        value,
+        Some(Value::One {
+            reqid: 77,
+            value: "early".into()
+        })
+    );
+}
