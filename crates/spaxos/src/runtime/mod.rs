@@ -323,7 +323,7 @@ impl Spaxos {
                 max: self.inner.value_bytes_max,
             });
         }
-        if self.inner.stopping.load(Ordering::Acquire) {
+        if self.inner.stopping.load(Ordering::Acquire) || self.inner.shared.is_failed() {
             return Err(self.propose_stopped());
         }
         let (reply, receiver) = slot();

@@ -438,7 +438,12 @@ impl StateMachine {
     }
 
     fn publish_status(&mut self) {
-        let status = self.node.status();
+        let mut status = self.node.status();
+        // A core rebuilt after a write error starts from what storage holds,
+        // which may be behind what was already delivered; the application
+        // saw those items, so the status does not go back.
+        status.chosen_through = status.chosen_through.max(self.delivered_through);
+        status.max_index = status.max_index.max(status.chosen_through);
         let leader = (status.role, status.leader);
         if leader != self.last_leader {
             info!(

@@ -1,5 +1,6 @@
 //! [`Status`], and the state the threads share with the API handle.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use spaxos_core::{Index, NodeId, NodeStatus, Role};
@@ -34,6 +35,8 @@ pub struct Status {
 pub(crate) struct Shared {
     core: Mutex<Option<NodeStatus>>,
     failure: Mutex<Option<String>>,
+    /// `failure.is_some()`, readable without the lock on every proposal.
+    failed: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -56,6 +59,11 @@ impl Shared {
         if failure.is_none() {
             *failure = Some(reason);
         }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     pub fn failure(&self) -> Option<String> {

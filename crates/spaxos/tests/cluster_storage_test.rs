@@ -1,0 +1,295 @@
+//! Storage write errors: the failed batch is never acknowledged, the node
+//! rebuilds from what is durable (the seed's rebuild) and carries on, or
+//! stops with a clear error when storage cannot be recovered.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spaxos::{
+    ChosenItem, Config, Index, MemStorage, NodeId, Outcome, ProposalError, ProposeError, Spaxos,
+    Storage, StorageError, Value,
+};
+use spaxos_core::{Record, RecoveredState};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+fn node_config(ports: &[u16], selfid: NodeId) -> Config {
+    let groups: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!(r#"{{"id": {}, "ip": "127.0.0.1", "port": {port}}}"#, i + 1))
+        .collect();
+    let json = format!(
+        r#"{{ "selfid": {selfid}, "groups": [{}], "path": "./unused",
+             "stimeout": {{"heartbeat": 20, "instimeoutbase": 100, "instimeoutrange": 50}},
+             "tick_ms": 5, "reconnect_backoff_min_ms": 10, "reconnect_backoff_max_ms": 100 }}"#,
+        groups.join(", ")
+    );
+    Config::from_json(&json).expect("test config parses")
+}
+
+/// A switch shared by a test and its [`FlakyStorage`].
+#[derive(Clone, Default)]
+struct WriteFaults {
+    failing: Arc<AtomicBool>,
+    failed_writes: Arc<AtomicU64>,
+}
+
+impl WriteFaults {
+    fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    fn failed_writes(&self) -> u64 {
+        self.failed_writes.load(Ordering::SeqCst)
+    }
+}
+
+/// MemStorage whose writes fail (changing nothing, like a full disk) while
+/// the switch is on.
+struct FlakyStorage {
+    inner: MemStorage,
+    faults: WriteFaults,
+}
+
+impl Storage for FlakyStorage {
+    fn write(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        if self.faults.failing.load(Ordering::SeqCst) {
+            self.faults.failed_writes.fetch_add(1, Ordering::SeqCst);
+            return Err(StorageError::Failed {
+                first_error: "injected: disk full".to_string(),
+            });
+        }
+        self.inner.write(batch)
+    }
+
+    fn recover(&self, dedup_window: u64) -> Result<RecoveredState, StorageError> {
+        self.inner.recover(dedup_window)
+    }
+
+    fn chosen(&self, index: Index) -> Result<Option<Value>, StorageError> {
+        self.inner.chosen(index)
+    }
+
+    fn chosen_range(
+        &self,
+        from: Index,
+        to: Index,
+        bytes_max: usize,
+    ) -> Result<Vec<(Index, Value)>, StorageError> {
+        self.inner.chosen_range(from, to, bytes_max)
+    }
+
+    fn bounds(&self) -> (Index, Index) {
+        self.inner.bounds()
+    }
+
+    fn compact(&mut self, through: Index) -> Result<(), StorageError> {
+        self.inner.compact(through)
+    }
+}
+
+fn flaky_node(ports: &[u16], id: NodeId) -> (Spaxos, WriteFaults) {
+    let faults = WriteFaults::default();
+    let storage = FlakyStorage {
+        inner: MemStorage::new(),
+        faults: faults.clone(),
+    };
+    let node =
+        Spaxos::start_with_storage(node_config(ports, id), Box::new(storage)).expect("node starts");
+    (node, faults)
+}
+
+fn chosen_index(node: &Spaxos, reqid: u64) -> Index {
+    let mut handle = node.propose(reqid, format!("v{reqid}")).expect("queued");
+    match handle.wait_timeout(WAIT) {
+        Ok(Outcome::Chosen { index }) => index,
+        other => panic!("reqid {reqid} not chosen: {other:?}"),
+    }
+}
+
+/// Like [`chosen_index`], proposing again while the outcome is unknown
+/// because the node rebuilt after a write error (what the API asks callers
+/// to do with `Aborted`).
+fn chosen_index_retrying(node: &Spaxos, reqid: u64) -> Index {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut handle = node.propose(reqid, format!("v{reqid}")).expect("queued");
+        match handle.wait_timeout(WAIT) {
+            Ok(Outcome::Chosen { index }) => return index,
+            Err(ProposalError::Aborted { .. }) if Instant::now() < deadline => {}
+            other => panic!("reqid {reqid} not chosen: {other:?}"),
+        }
+    }
+}
+
+fn ordered_items(node: &Spaxos, from: Index, count: u64) -> Vec<ChosenItem> {
+    let mut stream = node.ordered_from(from);
+    (0..count)
+        .map(|_| stream.recv_timeout(WAIT).expect("ordered item"))
+        .collect()
+}
+
+#[test]
+fn failed_write_is_not_acknowledged_and_the_node_recovers() {
+    init_tracing();
+    let ports = free_ports(1);
+    let (node, faults) = flaky_node(&ports, 1);
+    let first = chosen_index(&node, 1);
+    let chosen = node.subscribe();
+
+    faults.set_failing(true);
+    // The leader's accept of reqid 2 cannot become durable, so its own vote
+    // (the only one in a one-node group) is never sent: not chosen. The core
+    // is rebuilt from storage and the proposal's fate is reported unknown.
+    let mut handle = node.propose(2, "v2").expect("queued");
+    match handle.wait_timeout(WAIT) {
+        Err(ProposalError::Aborted { reason }) => assert!(reason.contains("disk full"), "{reason}"),
+        other => panic!("expected Aborted, got {other:?}"),
+    }
+    assert!(faults.failed_writes() > 0);
+    // Failing writes keep failing without a panic; nothing gets chosen.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(node.status().chosen_through, first);
+    assert_eq!(node.status().failure, None);
+    assert!(
+        chosen.try_recv().is_err(),
+        "something was chosen while writes failed"
+    );
+    assert_eq!(node.get(first + 1).expect("get"), None);
+
+    faults.set_failing(false);
+    let second = chosen_index(&node, 2);
+    let third = chosen_index(&node, 3);
+    assert!(first < second && second < third);
+    let log = ordered_items(&node, 1, third);
+    let reqids: Vec<u64> = log.iter().filter_map(|item| item.value.reqid()).collect();
+    assert_eq!(reqids, vec![1, 2, 3], "log: {log:?}");
+    node.shutdown();
+}
+
+#[test]
+fn a_node_with_a_failing_disk_rejoins_with_an_identical_log() {
+    init_tracing();
+    let ports = free_ports(3);
+    let mut nodes = Vec::new();
+    let mut switches = Vec::new();
+    for id in 1..=3 {
+        let (node, faults) = flaky_node(&ports, id);
+        nodes.push(node);
+        switches.push(faults);
+    }
+    for reqid in 1..=10 {
+        chosen_index(&nodes[(reqid % 3) as usize], reqid);
+    }
+    // Node 1's disk fails for a while; the other two keep choosing.
+    switches[0].set_failing(true);
+    let mut last = 0;
+    for reqid in 11..=40 {
+        last = last.max(chosen_index(&nodes[1 + (reqid % 2) as usize], reqid));
+    }
+    let started = Instant::now();
+    while switches[0].failed_writes() == 0 && started.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(switches[0].failed_writes() > 0);
+    assert_eq!(nodes[0].status().failure, None);
+    switches[0].set_failing(false);
+
+    // Node 1 catches up; every node's log is the same. A rebuild that was
+    // under way when the disk healed may still abort the first attempt.
+    last = last.max(chosen_index_retrying(&nodes[0], 41));
+    let logs: Vec<Vec<ChosenItem>> = nodes.iter().map(|n| ordered_items(n, 1, last)).collect();
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(logs[0], logs[2]);
+    let reqids: Vec<u64> = logs[0].iter().filter_map(|i| i.value.reqid()).collect();
+    let distinct: HashSet<u64> = reqids.iter().copied().collect();
+    assert_eq!(distinct.len(), reqids.len(), "a reqid appears twice");
+    assert_eq!(distinct, (1..=41).collect());
+}
+
+#[test]
+fn unrecoverable_storage_stops_the_node_with_a_clear_error() {
+    init_tracing();
+    let ports = free_ports(1);
+    let faults = WriteFaults::default();
+    let storage = FlakyStorage {
+        inner: MemStorage::new(),
+        faults: faults.clone(),
+    };
+    let reopen: spaxos::ReopenStorage = Box::new(|| {
+        Err(StorageError::Failed {
+            first_error: "injected: device gone".to_string(),
+        })
+    });
+    let node = Spaxos::start_with_reopen(node_config(&ports, 1), Box::new(storage), reopen)
+        .expect("node starts");
+    chosen_index(&node, 1);
+    faults.set_failing(true);
+    let handle = node.propose(2, "v2").expect("queued");
+    assert!(matches!(
+        handle.wait(),
+        Err(ProposalError::Stopped { .. } | ProposalError::Aborted { .. })
+    ));
+    let started = Instant::now();
+    while node.status().failure.is_none() && started.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let failure = node
+        .status()
+        .failure
+        .expect("the node reports why it stopped");
+    assert!(failure.contains("device gone"), "{failure}");
+    match node.propose(3, "v3") {
+        Err(ProposeError::Stopped { reason }) => assert_eq!(reason, failure),
+        other => panic!("expected Stopped, got {other:?}"),
+    }
+    assert!(matches!(node.get(1), Err(spaxos::Error::Stopped { .. })));
+    let mut stream = node.ordered_from(1);
+    assert!(matches!(
+        stream.recv_timeout(Duration::from_secs(1)),
+        Err(spaxos::StreamError::Stopped { .. })
+    ));
+    node.shutdown();
+}
+
+#[test]
+fn shutdown_fails_pending_proposals_and_refuses_new_ones() {
+    init_tracing();
+    // Node 1 of a three-node group whose peers never start: no quorum.
+    let ports = free_ports(3);
+    let (node, _faults) = flaky_node(&ports, 1);
+    let handle = node.propose(5, "never chosen").expect("queued");
+    std::thread::sleep(Duration::from_millis(50));
+    node.shutdown();
+    assert!(matches!(handle.wait(), Err(ProposalError::Stopped { .. })));
+    assert!(matches!(
+        node.propose(6, "late"),
+        Err(ProposeError::Stopped { .. })
+    ));
+    assert!(matches!(
+        node.try_propose(0, "zero"),
+        Err(ProposeError::ZeroReqId)
+    ));
+    let chosen = node.subscribe();
+    assert!(chosen.recv_timeout(Duration::from_secs(1)).is_err());
+}
