@@ -2,8 +2,9 @@
 //! deterministic: whether index `i` repeats a reqid depends only on the log
 //! at indices below `i`, so every node decides the same.
 //!
-//! Two generations of `span = dedup_window / 2` indices each: a reqid is
-//! remembered for at least `span` and at most `2 * span` indices. Rotating a
+//! Two generations of `span = dedup_window` indices each: a reqid is
+//! remembered for at least `dedup_window` and at most `2 * dedup_window`
+//! indices. Rotating a
 //! whole generation replaces per-entry eviction (a hash map removal per
 //! chosen entry on the hot path).
 
@@ -21,7 +22,7 @@ pub(crate) struct RecentReqids {
 impl RecentReqids {
     pub fn new(window: u64) -> RecentReqids {
         RecentReqids {
-            span: (window / 2).max(1),
+            span: window.max(1),
             generation: 0,
             current: FastMap::default(),
             previous: FastMap::default(),

@@ -88,6 +88,7 @@ impl Node {
             return;
         };
         let ballot = c.ballot;
+        let max_chosen_reported = c.chosen.iter().map(|(i, _)| *i).max().unwrap_or(0);
         for (index, value) in c.chosen {
             self.learn_value(index, value);
         }
@@ -101,6 +102,7 @@ impl Node {
             .copied()
             .unwrap_or(0)
             .max(chosen_through)
+            .max(max_chosen_reported)
             .max(self.base - 1);
         let start = (chosen_through + 1).max(self.base);
         self.role = RoleState::Leader(Leader {
@@ -210,7 +212,14 @@ impl Node {
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
-        let placed = l.assigned.get(&reqid).copied().filter(|&i| i != QUEUED);
+        let mut placed = l.assigned.get(&reqid).copied().filter(|&i| i != QUEUED);
+        if let Some(index) = placed {
+            // Delivered with another value: that attempt is over, place it anew.
+            if index < self.base && already != Some(index) {
+                l.assigned.remove(&reqid);
+                placed = None;
+            }
+        }
         if let Some(index) = placed.or(already) {
             if l.assigned.get(&reqid) == Some(&QUEUED) {
                 l.assigned.remove(&reqid);
@@ -493,6 +502,7 @@ impl Node {
         }
         self.max_index = self.max_index.max(max_index);
         self.learn_chosen_through(from, ballot, chosen_through);
+        self.advance_prefix();
         self.send_now(
             from,
             Body::HeartbeatAck {
