@@ -293,3 +293,47 @@ fn shutdown_fails_pending_proposals_and_refuses_new_ones() {
     let chosen = node.subscribe();
     assert!(chosen.recv_timeout(Duration::from_secs(1)).is_err());
 }
+
+#[test]
+fn compacted_indices_are_reported_as_such() {
+    init_tracing();
+    let mut storage = MemStorage::new();
+    let ballot = spaxos_core::Ballot::new(1, 1);
+    for index in 1..=10 {
+        let value = Value::One {
+            reqid: index,
+            value: format!("v{index}").into(),
+        };
+        storage
+            .write(&[
+                Record::Instance(spaxos_core::InstanceState {
+                    index,
+                    promised: ballot,
+                    accepted: ballot,
+                    value: Some(value),
+                    chosen: false,
+                }),
+                Record::Chosen(index),
+            ])
+            .expect("write");
+    }
+    storage.compact(5).expect("compact");
+    let ports = free_ports(1);
+    let node =
+        Spaxos::start_with_storage(node_config(&ports, 1), Box::new(storage)).expect("node starts");
+    assert_eq!(
+        node.get(3),
+        Err(spaxos::Error::Compacted { first_index: 6 })
+    );
+    assert_eq!(node.get(7).expect("get").and_then(|v| v.reqid()), Some(7));
+    let mut from_start = node.ordered_from(1);
+    assert_eq!(
+        from_start.recv_timeout(WAIT).map(|item| item.index),
+        Err(spaxos::StreamError::Compacted { first_index: 6 })
+    );
+    let held: Vec<Index> = ordered_items(&node, 6, 5).iter().map(|i| i.index).collect();
+    assert_eq!(held, vec![6, 7, 8, 9, 10]);
+    // A checkpoint keeps the dedup window (65536 indices by default).
+    assert_eq!(node.checkpoint(10), Ok(0));
+    node.shutdown();
+}

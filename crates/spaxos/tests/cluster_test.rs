@@ -28,7 +28,7 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-fn node_config(ports: &[u16], selfid: NodeId, path: &Path) -> Config {
+fn node_config(ports: &[u16], selfid: NodeId, path: &Path, extra: &str) -> Config {
     let groups: Vec<String> = ports
         .iter()
         .enumerate()
@@ -37,7 +37,7 @@ fn node_config(ports: &[u16], selfid: NodeId, path: &Path) -> Config {
     let json = format!(
         r#"{{ "selfid": {selfid}, "groups": [{}], "path": {:?},
              "stimeout": {{"heartbeat": 20, "instimeoutbase": 100, "instimeoutrange": 50}},
-             "tick_ms": 5, "reconnect_backoff_min_ms": 10, "reconnect_backoff_max_ms": 100 }}"#,
+             "tick_ms": 5, "reconnect_backoff_min_ms": 10, "reconnect_backoff_max_ms": 100 {extra} }}"#,
         groups.join(", "),
         path.display().to_string()
     );
@@ -48,11 +48,17 @@ struct Cluster {
     _dir: tempfile::TempDir,
     paths: Vec<PathBuf>,
     ports: Vec<u16>,
+    /// Extra config fields, e.g. `, "send_accepts_before_persist": true`.
+    extra: String,
     nodes: Vec<Option<Spaxos>>,
 }
 
 impl Cluster {
     fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, "")
+    }
+
+    fn start_with(size: usize, extra: &str) -> Cluster {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(size);
@@ -63,6 +69,7 @@ impl Cluster {
             _dir: dir,
             paths,
             ports,
+            extra: extra.to_string(),
             nodes: (0..size).map(|_| None).collect(),
         };
         for id in 1..=size as NodeId {
@@ -89,7 +96,7 @@ impl Cluster {
 
     fn restart(&mut self, id: NodeId) {
         let slot = (id - 1) as usize;
-        let config = node_config(&self.ports, id, &self.paths[slot]);
+        let config = node_config(&self.ports, id, &self.paths[slot], &self.extra);
         self.nodes[slot] = Some(Spaxos::start(config).expect("node starts"));
     }
 
@@ -283,18 +290,67 @@ fn new_leader_is_elected_after_the_leader_stops() {
     );
 }
 
+/// Not a benchmark (debug build, shared machine): prints proposals per
+/// second with and without sending accepts before the leader's own write.
 #[test]
 fn throughput_smoke() {
+    for extra in ["", r#", "send_accepts_before_persist": true"#] {
+        let cluster = Cluster::start_with(3, extra);
+        let leader = cluster.wait_leader();
+        let started = Instant::now();
+        let chosen = propose_from_threads(cluster.node(leader), 1_000_000, 4, 500);
+        let elapsed = started.elapsed();
+        assert_eq!(chosen.len(), 2000);
+        eprintln!(
+            "throughput smoke{extra}: 2000 proposals in {elapsed:?} ({:.0}/s)",
+            2000.0 / elapsed.as_secs_f64()
+        );
+    }
+}
+
+#[test]
+fn accepts_sent_before_persist_keep_logs_identical() {
+    let cluster = Cluster::start_with(3, r#", "send_accepts_before_persist": true"#);
+    let mut chosen = BTreeMap::new();
+    for id in 1..=3 {
+        chosen.extend(propose_from_threads(cluster.node(id), id * 10_000, 2, 30));
+    }
+    assert_eq!(chosen.len(), 180);
+    let last = *chosen.values().max().expect("chosen");
+    let logs: Vec<Vec<ChosenItem>> = (1..=3)
+        .map(|id| ordered_items(cluster.node(id), 1, last))
+        .collect();
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(logs[0], logs[2]);
+}
+
+/// A reader that does not keep up never stalls the node: the any-order
+/// subscriber is cut off after its buffer fills; the ordered stream falls
+/// back to storage and still yields every index once, in order.
+#[test]
+fn slow_readers_do_not_stall_the_node() {
+    const PROPOSALS: u64 = 17_000;
     let cluster = Cluster::start(3);
     let leader = cluster.wait_leader();
-    let started = Instant::now();
-    let chosen = propose_from_threads(cluster.node(leader), 1_000_000, 4, 500);
-    let elapsed = started.elapsed();
-    assert_eq!(chosen.len(), 2000);
-    eprintln!(
-        "throughput smoke: 2000 proposals of ~14 bytes in {elapsed:?} ({:.0}/s)",
-        2000.0 / elapsed.as_secs_f64()
-    );
+    let node = cluster.node(leader);
+    let unread_subscriber = node.subscribe();
+    let mut unread_stream = node.ordered_from(1);
+    // Subscribe now (the stream subscribes lazily, on its first read).
+    assert!(matches!(
+        unread_stream.try_recv(),
+        Err(spaxos::StreamError::Timeout)
+    ));
+    let chosen = propose_from_threads(node, 1, 4, PROPOSALS / 4);
+    let last = *chosen.values().max().expect("chosen");
+
+    let buffered = unread_subscriber.iter().count();
+    assert!(buffered < PROPOSALS as usize, "subscriber was not cut off");
+    let items: Vec<ChosenItem> = (0..last)
+        .map(|_| unread_stream.recv_timeout(WAIT).expect("ordered item"))
+        .collect();
+    check_contiguous(&items, 1);
+    let reqids: HashSet<u64> = items.iter().filter_map(|i| i.value.reqid()).collect();
+    assert_eq!(reqids.len() as u64, PROPOSALS);
 }
 
 #[test]

@@ -12,11 +12,15 @@ use crate::transport::TransportError;
 /// Why [`crate::Spaxos::start`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The config has mistakes, one line each.
     #[error("invalid config:\n{0}")]
     Config(#[from] ConfigErrors),
+    /// `config.path` does not exist and cannot be created.
     #[error("cannot create the data directory {}: {source}", path.display())]
     CreateDir {
+        /// The directory.
         path: PathBuf,
+        /// What the file system said.
         #[source]
         source: std::io::Error,
     },
@@ -27,8 +31,10 @@ pub enum StartError {
     /// The protocol core refused the configuration or the recovered state.
     #[error("protocol core: {0}")]
     Core(#[from] spaxos_core::ConfigError),
+    /// The peer listener could not bind, or the network thread not start.
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
+    /// The operating system refused a thread.
     #[error("cannot start a runtime thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -37,17 +43,27 @@ pub enum StartError {
 /// queued; the caller may retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
+    /// Zero is not a reqid.
     #[error("reqid must be non-zero")]
     ZeroReqId,
+    /// The payload is larger than the config's `value_bytes_max`.
     #[error("value of {size} bytes exceeds value_bytes_max ({max})")]
-    TooLarge { size: usize, max: usize },
+    TooLarge {
+        /// Payload bytes proposed.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The input queue is full (`try_propose`) or stayed full for the
     /// timeout (`propose_timeout`): the disk or the network is behind.
     #[error("the proposal queue is full; retry later")]
     Busy,
     /// The node was shut down or stopped on a fatal storage error.
     #[error("node stopped: {reason}")]
-    Stopped { reason: String },
+    Stopped {
+        /// The fatal error, or that the node was shut down.
+        reason: String,
+    },
 }
 
 /// Why a proposal has no outcome.
@@ -62,11 +78,17 @@ pub enum ProposalError {
     /// for its reqid, or propose it again (a duplicate within the dedup
     /// window is delivered as a no-op).
     #[error("outcome unknown: the node rebuilt its state after a storage error ({reason})")]
-    Aborted { reason: String },
+    Aborted {
+        /// The storage error.
+        reason: String,
+    },
     /// The node stopped before the outcome was known; as with `Aborted`,
     /// the proposal may still be chosen.
     #[error("outcome unknown: node stopped ({reason})")]
-    Stopped { reason: String },
+    Stopped {
+        /// The fatal error, or that the node was shut down.
+        reason: String,
+    },
     /// `wait_timeout` elapsed; the handle can be waited on again.
     #[error("no outcome yet")]
     Timeout,
@@ -78,12 +100,19 @@ pub enum Error {
     /// The index was dropped by a checkpoint; `first_index` is the lowest
     /// index still held.
     #[error("index compacted away; the first index held is {first_index}")]
-    Compacted { first_index: Index },
+    Compacted {
+        /// The lowest index still held.
+        first_index: Index,
+    },
     /// Storage could not serve the request; the message names the file.
     #[error("{0}")]
     Storage(String),
+    /// The node was shut down or stopped on a fatal error.
     #[error("node stopped: {reason}")]
-    Stopped { reason: String },
+    Stopped {
+        /// The fatal error, or that the node was shut down.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -102,12 +131,19 @@ pub enum StreamError {
     /// cannot continue without a gap. Restore the application from a
     /// snapshot at or above `first_index - 1` and open a new stream.
     #[error("index compacted away; the first index held is {first_index}")]
-    Compacted { first_index: Index },
+    Compacted {
+        /// The lowest index still held.
+        first_index: Index,
+    },
     /// Storage could not serve the read; the message names the file.
     #[error("{0}")]
     Storage(String),
+    /// The node was shut down or stopped on a fatal error.
     #[error("node stopped: {reason}")]
-    Stopped { reason: String },
+    Stopped {
+        /// The fatal error, or that the node was shut down.
+        reason: String,
+    },
     /// `recv_timeout` elapsed with no item.
     #[error("no item yet")]
     Timeout,

@@ -10,6 +10,8 @@
 //!
 //! docs/ARCHITECTURE.md ("Threads and queues") draws the queues between them.
 
+#![warn(missing_docs)]
+
 mod error;
 mod ordered;
 mod queues;
