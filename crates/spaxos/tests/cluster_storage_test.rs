@@ -333,7 +333,7 @@ fn compacted_indices_are_reported_as_such() {
     );
     let held: Vec<Index> = ordered_items(&node, 6, 5).iter().map(|i| i.index).collect();
     assert_eq!(held, vec![6, 7, 8, 9, 10]);
-    // A checkpoint keeps the dedup window (65536 indices by default).
+    // A checkpoint keeps the dedup history (2 * 65536 indices by default).
     assert_eq!(node.checkpoint(10), Ok(0));
     node.shutdown();
 }

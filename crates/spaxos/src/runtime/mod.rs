@@ -141,7 +141,7 @@ impl Spaxos {
     ) -> Result<Spaxos, StartError> {
         let id = config.selfid;
         let core_config = config.core_config();
-        let recovered = storage.recover(core_config.dedup_window)?;
+        let recovered = storage.recover(dedup_history(&core_config))?;
         info!(
             node = id,
             chosen_through = recovered.chosen_through,
@@ -168,7 +168,7 @@ impl Spaxos {
             transport: Arc::clone(&transport),
             shared: Arc::clone(&shared),
             self_id: id,
-            dedup_window: core_config.dedup_window,
+            dedup_history: dedup_history(&core_config),
             batch_bytes_max: core_config.batch_bytes_max,
             generation: 0,
             failed_writes_in_a_row: 0,
@@ -451,8 +451,8 @@ impl Spaxos {
     }
 
     /// The application has checkpointed its state through `index`: storage
-    /// may drop chosen values at or below `index - dedup_window` (the last
-    /// `dedup_window` indices are kept: duplicate detection reads them after
+    /// may drop chosen values at or below `index - 2 * dedup_window` (the
+    /// indices above are kept: duplicate detection reads their reqids after
     /// a restart). Returns the index storage was compacted through.
     pub fn checkpoint(&self, index: Index) -> Result<Index, Error> {
         let (reply, result) = bounded(1);
@@ -523,6 +523,15 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// How many chosen indices back duplicate detection may look: the core
+/// remembers reqids in two generations of `dedup_window` indices
+/// (spaxos-core `dedup.rs`), so a restarted core needs up to twice the window
+/// to decide exactly as a core that never stopped. More is harmless: the
+/// core rotates out what is too old.
+pub(crate) fn dedup_history(core: &spaxos_core::CoreConfig) -> u64 {
+    core.dedup_window.saturating_mul(2)
 }
 
 fn open_disk(path: &Path) -> Result<Box<dyn Storage>, spaxos_storage::StorageError> {

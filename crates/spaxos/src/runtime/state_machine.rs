@@ -235,11 +235,11 @@ impl StateMachine {
                 }
             }
             Command::Checkpoint { index, reply } => {
-                // Keep the dedup window: recovery reads the reqids of its
+                // Keep the dedup history: recovery reads the reqids of its
                 // indices from storage to suppress duplicates after a restart.
                 let through = index
                     .min(self.node.chosen_through())
-                    .saturating_sub(self.core_config.dedup_window);
+                    .saturating_sub(super::dedup_history(&self.core_config));
                 let input = StorageInput::Compact {
                     through,
                     reply: reply.clone(),

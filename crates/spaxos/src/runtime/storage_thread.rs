@@ -46,7 +46,8 @@ pub(crate) struct StorageThread {
     pub transport: Arc<TransportHandle>,
     pub shared: Arc<Shared>,
     pub self_id: NodeId,
-    pub dedup_window: u64,
+    /// Indices of reqids recovery hands the core (see `dedup_history`).
+    pub dedup_history: u64,
     /// Payload bytes per catch-up reply.
     pub batch_bytes_max: usize,
     /// Jobs of older core incarnations are dropped.
@@ -250,7 +251,7 @@ impl StorageThread {
         let Some(storage) = self.storage.as_ref() else {
             return self.stop(format!("storage write failed: {write_error}"));
         };
-        match storage.recover(self.dedup_window) {
+        match storage.recover(self.dedup_history) {
             Ok(recovered) => {
                 self.generation += 1;
                 let _ = self.events.send(StorageEvent::Rebuilt {
