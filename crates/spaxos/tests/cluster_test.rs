@@ -370,3 +370,26 @@ fn proposals_before_any_leader_are_chosen_and_reqids_are_deduplicated() {
         })
     );
 }
+
+#[test]
+fn proposal_handles_can_be_awaited_and_many_values_share_one_index() {
+    let cluster = Cluster::start(3);
+    let node = cluster.node(1).clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let outcome = runtime.block_on(async move {
+        let handle = node
+            .propose_many(900, vec!["a".into(), "b".into()])
+            .expect("queued");
+        handle.await
+    });
+    let Ok(Outcome::Chosen { index }) = outcome else {
+        panic!("not chosen: {outcome:?}");
+    };
+    let value = cluster.node(3).ordered_from(index).recv_timeout(WAIT);
+    let value = value.expect("chosen item").value;
+    assert_eq!(value.reqid(), Some(900));
+    assert_eq!(value.values(), &["a".as_bytes(), "b".as_bytes()][..]);
+}

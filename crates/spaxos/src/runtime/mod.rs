@@ -61,6 +61,15 @@ pub struct Spaxos {
     inner: Arc<Inner>,
 }
 
+// Handles are shared across threads.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Spaxos>();
+    const fn send<T: Send>() {}
+    send::<ProposalHandle>();
+    send::<OrderedStream>();
+};
+
 struct Inner {
     id: NodeId,
     value_bytes_max: usize,

@@ -278,7 +278,11 @@ impl StateMachine {
                     recovered.instances.len(),
                     recovered.node.max_round,
                 );
-                match Node::restore(self.core_config.clone(), *recovered) {
+                // A fresh random stream for the new incarnation, so its
+                // election jitter does not replay the first one's.
+                let mut core_config = self.core_config.clone();
+                core_config.rng_seed ^= generation.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                match Node::restore(core_config, *recovered) {
                     Ok(node) => {
                         self.node = node;
                         self.generation = generation;
