@@ -38,11 +38,23 @@ pub async fn serve(listener: TcpListener, node: Arc<Spaxos>) {
 async fn handle_connection(stream: TcpStream, node: Arc<Spaxos>) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
-    let (replies_tx, mut replies_rx) = mpsc::channel::<oneshot::Receiver<String>>(PIPELINE_MAX);
+    let (replies_tx, mut replies_rx) = mpsc::channel::<Reply>(PIPELINE_MAX);
+    let writer_node = node.clone();
     let writer_task = tokio::spawn(async move {
         let mut out = Vec::new();
         while let Some(reply) = replies_rx.recv().await {
-            let line = reply.await.unwrap_or_else(|_| "ERR internal error".into());
+            let line = match reply {
+                Reply::Pending(rx) => rx.await.unwrap_or_else(|_| "ERR internal error".into()),
+                // Reads run when every earlier request of this connection
+                // is answered, so a client reads its own writes.
+                Reply::Get(index) => {
+                    let node = writer_node.clone();
+                    tokio::task::spawn_blocking(move || get_reply(&node, index))
+                        .await
+                        .unwrap_or_else(|_| "ERR internal error".into())
+                }
+                Reply::Status => status_reply(&writer_node),
+            };
             out.extend_from_slice(line.as_bytes());
             out.push(b'\n');
             // Flush when no further reply is queued: batches pipelined replies.
@@ -113,10 +125,19 @@ async fn finish(writer_task: tokio::task::JoinHandle<()>) {
     let _ = writer_task.await;
 }
 
-async fn send_ready(replies: &mpsc::Sender<oneshot::Receiver<String>>, line: String) -> bool {
+/// A reply slot, in request order.
+enum Reply {
+    /// Computed concurrently (proposals, errors).
+    Pending(oneshot::Receiver<String>),
+    /// Computed when its turn comes.
+    Get(u64),
+    Status,
+}
+
+async fn send_ready(replies: &mpsc::Sender<Reply>, line: String) -> bool {
     let (tx, rx) = oneshot::channel();
     let _ = tx.send(line);
-    replies.send(rx).await.is_ok()
+    replies.send(Reply::Pending(rx)).await.is_ok()
 }
 
 /// Starts one request; its reply is queued in arrival order. False when
@@ -124,37 +145,29 @@ async fn send_ready(replies: &mpsc::Sender<oneshot::Receiver<String>>, line: Str
 async fn dispatch(
     line: &[u8],
     node: &Arc<Spaxos>,
-    replies: &mpsc::Sender<oneshot::Receiver<String>>,
+    replies: &mpsc::Sender<Reply>,
 ) -> bool {
     let request = match parse_line(line) {
         Ok(None) => return true,
         Ok(Some(request)) => request,
         Err(reason) => return send_ready(replies, format!("ERR {reason}")).await,
     };
-    let (tx, rx) = oneshot::channel();
-    if replies.send(rx).await.is_err() {
-        return false;
-    }
-    let node = node.clone();
     match request {
-        Request::Help => {
-            let _ = tx.send(HELP.to_string());
-        }
-        Request::Status => {
-            let _ = tx.send(status_reply(&node));
-        }
-        Request::Get { index } => {
-            tokio::task::spawn_blocking(move || {
-                let _ = tx.send(get_reply(&node, index));
-            });
-        }
+        Request::Help => send_ready(replies, HELP.to_string()).await,
+        Request::Status => replies.send(Reply::Status).await.is_ok(),
+        Request::Get { index } => replies.send(Reply::Get(index)).await.is_ok(),
         Request::Propose { reqid, value } => {
+            let (tx, rx) = oneshot::channel();
+            if replies.send(Reply::Pending(rx)).await.is_err() {
+                return false;
+            }
+            let node = node.clone();
             tokio::spawn(async move {
                 let _ = tx.send(propose_reply(node, reqid, value).await);
             });
+            true
         }
     }
-    true
 }
 
 async fn propose_reply(node: Arc<Spaxos>, reqid: u64, value: Vec<u8>) -> String {
