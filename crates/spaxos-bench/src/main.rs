@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod inproc;
 mod storage_bench;
 
@@ -26,6 +27,8 @@ enum Mode {
     Storage(storage_bench::StorageArgs),
     /// Protocol CPU cost: three cores in one thread, in-memory network and storage.
     Inproc(inproc::InprocArgs),
+    /// Three real nodes (threads, loopback TCP, fdatasync) with closed-loop clients.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.mode {
         Mode::Storage(args) => storage_bench::run(&args),
         Mode::Inproc(args) => inproc::run(&args).map_err(Into::into),
+        Mode::Cluster(args) => cluster::run(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
