@@ -247,10 +247,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
                 let reqid = n + 1;
                 let t = Instant::now();
                 let value = Bytes::copy_from_slice(&payload);
-                match nodes[target]
-                    .propose(reqid, value)
-                    .and_then(|h| Ok(h.wait()))
-                {
+                match nodes[target].propose(reqid, value).map(|h| h.wait()) {
                     Ok(Ok(Outcome::Chosen { index })) => {
                         let _ = local.record(t.elapsed().as_nanos() as u64);
                         chosen.fetch_add(1, Ordering::Relaxed);
