@@ -361,14 +361,18 @@ fn proposals_before_any_leader_are_chosen_and_reqids_are_deduplicated() {
     // The same reqid again: already in the log, so the same index comes back.
     let again = wait_chosen(cluster.node(2).propose(77, "early").expect("queued"));
     assert_eq!(again, index);
-    let value = cluster.node(1).get(index).expect("get");
+    // The proposer's storage has it as soon as the outcome is known (other
+    // nodes may learn it a moment later).
+    let expected = Value::One {
+        reqid: 77,
+        value: "early".into(),
+    };
     assert_eq!(
-        value,
-        Some(Value::One {
-            reqid: 77,
-            value: "early".into()
-        })
+        cluster.node(2).get(index).expect("get"),
+        Some(expected.clone())
     );
+    let item = cluster.node(1).ordered_from(index).recv_timeout(WAIT);
+    assert_eq!(item.expect("chosen item").value, expected);
 }
 
 #[test]
