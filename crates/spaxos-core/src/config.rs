@@ -161,6 +161,13 @@ impl CoreConfig {
         Ok(())
     }
 
+    /// How many chosen indices of reqids a restarted node must be given in
+    /// `RecoveredState::recent_reqids` (the dedup window keeps up to two
+    /// generations of `dedup_window` indices).
+    pub fn dedup_history(&self) -> u64 {
+        self.dedup_window.saturating_mul(2)
+    }
+
     /// Votes needed to choose a value or win phase 1.
     pub fn quorum(&self) -> usize {
         self.members.len() / 2 + 1

@@ -127,7 +127,7 @@ impl Node {
             let raw_reqid = raw.reqid();
             let mut value = raw;
             if let Some(reqid) = raw_reqid {
-                if self.recent.insert(index, reqid).is_some() {
+                if let Some(first) = self.recent.insert(index, reqid) {
                     // The same request reached the log twice (a retry across
                     // a leader change). Every node decides this the same way
                     // from the log alone, so all deliver a no-op here.
@@ -140,6 +140,13 @@ impl Node {
                         value: Some(Value::Noop),
                         chosen: true,
                     }));
+                    // Proposed again here after it was chosen: its outcome
+                    // is where it first went.
+                    if self.pending.remove(&reqid).is_some() {
+                        self.out
+                            .outcomes
+                            .push((reqid, Outcome::Chosen { index: first }));
+                    }
                 } else if self.pending.remove(&reqid).is_some() {
                     self.out.outcomes.push((reqid, Outcome::Chosen { index }));
                 }

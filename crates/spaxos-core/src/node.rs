@@ -329,14 +329,16 @@ impl Node {
         if self.pending.contains_key(&reqid) {
             return Err(ProposeError::Duplicate(reqid));
         }
-        if let Some(index) = self.recent.get(reqid) {
-            // Already in the log: that is its outcome.
-            self.out.outcomes.push((reqid, Outcome::Chosen { index }));
-            return Ok(());
-        }
         if self.pending.len() >= self.cfg.proposal_queue_max {
             return Err(ProposeError::Busy(self.pending.len()));
         }
+        if let Some(index) = self.recent.get(reqid) {
+            // Already in the log: that is its outcome, and no slot is spent.
+            self.out.outcomes.push((reqid, Outcome::Chosen { index }));
+            return Ok(());
+        }
+        let leading = self.is_leader();
+        let submit = leading.then(|| value.clone());
         self.pending.insert(
             reqid,
             Pending {
@@ -346,7 +348,11 @@ impl Node {
                 sent_at: self.now,
             },
         );
-        self.dispatch(reqid);
+        match submit {
+            // Fast path: no second lookup of what we just inserted.
+            Some(value) => self.leader_submit(value, self.id),
+            None => self.dispatch(reqid),
+        }
         Ok(())
     }
 

@@ -162,7 +162,8 @@ pub struct RecoveredState {
     /// Durable state of every instance above `chosen_through`, by index.
     pub instances: Vec<InstanceState>,
     /// Request ids of the chosen entries at the end of the prefix (indices in
-    /// `(chosen_through - dedup_window, chosen_through]`), for duplicate
+    /// `(chosen_through - dedup_history, chosen_through]`, see
+    /// `CoreConfig::dedup_history`), for duplicate
     /// detection after a restart. The caller reads them from storage.
     pub recent_reqids: Vec<(Index, ReqId)>,
 }

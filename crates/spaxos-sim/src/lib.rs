@@ -403,7 +403,7 @@ impl Sim {
         node.incarnation += 1;
         let mut cfg = node.cfg.clone();
         cfg.rng_seed = self.cfg.seed ^ (node.incarnation << 32);
-        let recovered = node.disk.recover(cfg.dedup_window);
+        let recovered = node.disk.recover(cfg.dedup_history());
         node.node = Some(Node::restore(cfg, recovered).expect("valid sim config"));
         let id = node.id;
         self.log(format!("restart node {id}"));

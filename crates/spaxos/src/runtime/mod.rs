@@ -540,7 +540,7 @@ impl Drop for Inner {
 /// to decide exactly as a core that never stopped. More is harmless: the
 /// core rotates out what is too old.
 pub(crate) fn dedup_history(core: &spaxos_core::CoreConfig) -> u64 {
-    core.dedup_window.saturating_mul(2)
+    core.dedup_history()
 }
 
 fn open_disk(path: &Path) -> Result<Box<dyn Storage>, spaxos_storage::StorageError> {
