@@ -142,11 +142,7 @@ async fn send_ready(replies: &mpsc::Sender<Reply>, line: String) -> bool {
 
 /// Starts one request; its reply is queued in arrival order. False when
 /// the connection's writer is gone.
-async fn dispatch(
-    line: &[u8],
-    node: &Arc<Spaxos>,
-    replies: &mpsc::Sender<Reply>,
-) -> bool {
+async fn dispatch(line: &[u8], node: &Arc<Spaxos>, replies: &mpsc::Sender<Reply>) -> bool {
     let request = match parse_line(line) {
         Ok(None) => return true,
         Ok(Some(request)) => request,
