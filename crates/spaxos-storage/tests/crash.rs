@@ -33,7 +33,7 @@ fn options(mode: usize) -> DiskOptions {
 
 /// The value batch `k` writes at index `k`.
 fn expected_value(k: u64) -> Value {
-    if k % 10 == 0 {
+    if k.is_multiple_of(10) {
         Value::Noop
     } else {
         value(k, ((k * 7919) % 2000) as usize)
@@ -68,7 +68,7 @@ fn crash_child_writer() {
             writeln!(out, "ACK {k}").unwrap();
             out.flush().unwrap();
         }
-        if k % 64 == 0 {
+        if k.is_multiple_of(64) {
             store.compact(k - 32).expect("child compact");
         }
         k += 1;
