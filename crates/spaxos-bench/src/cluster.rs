@@ -38,8 +38,9 @@ pub struct ClusterArgs {
     /// Which node the clients propose on.
     #[arg(long, value_enum, default_value_t = Target::Leader)]
     target: Target,
-    /// Send a leader's accepts before its own write is durable.
-    #[arg(long)]
+    /// Send a leader's accepts before its own write is durable (the
+    /// config's `send_accepts_before_persist`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     accepts_before_persist: bool,
     /// Checkpoint (let storage reclaim) every this many chosen entries; 0 = never.
     #[arg(long, default_value_t = 0)]

