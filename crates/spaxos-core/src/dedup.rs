@@ -42,14 +42,14 @@ impl RecentReqids {
     pub fn insert(&mut self, index: Index, reqid: ReqId) -> Option<Index> {
         let generation = index.saturating_sub(1) / self.span;
         if generation != self.generation {
-            let capacity = self.current.len();
-            if generation == self.generation + 1 {
-                self.previous = std::mem::take(&mut self.current);
-            } else {
-                self.previous = FastMap::default();
-                self.current.clear();
+            // Swap and clear instead of dropping: the tables keep their
+            // memory, so a rotation costs a memset, not an munmap plus page
+            // faults on a fresh allocation (a latency spike every window).
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+            if generation != self.generation + 1 {
+                self.previous.clear();
             }
-            self.current.reserve(capacity);
             self.generation = generation;
         }
         if let Some(&earlier) = self.previous.get(&reqid) {
