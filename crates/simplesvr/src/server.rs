@@ -238,13 +238,16 @@ pub fn status_reply(node: &Spaxos) -> String {
     line
 }
 
-/// Logs every chosen item (the seed's "check out svr side log").
+/// Logs every chosen item (the seed's "check out svr side log"), in index
+/// order from where this run starts. An ordered stream never skips an item,
+/// even when the log writer falls behind the node (it re-reads from storage).
 pub fn log_chosen(node: &Spaxos) -> std::thread::JoinHandle<()> {
-    let items = node.subscribe();
+    let items = node.ordered_from(node.status().chosen_through + 1);
     std::thread::Builder::new()
         .name("chosen-log".into())
         .spawn(move || {
-            for item in items {
+            // Ends when the node stops (or its log was compacted under us).
+            for item in items.map_while(Result::ok) {
                 match &item.value {
                     Value::Noop => info!(index = item.index, "chosen no-op"),
                     value => {
