@@ -21,11 +21,15 @@ pub(crate) struct RecentReqids {
 
 impl RecentReqids {
     pub fn new(window: u64) -> RecentReqids {
+        let span = window.max(1);
+        // Sized for a full generation up front: growing a large table
+        // rehashes it, a latency spike on the hot path.
+        let capacity = span.min(1 << 20) as usize;
         RecentReqids {
-            span: window.max(1),
+            span,
             generation: 0,
-            current: FastMap::default(),
-            previous: FastMap::default(),
+            current: FastMap::with_capacity_and_hasher(capacity, Default::default()),
+            previous: FastMap::with_capacity_and_hasher(capacity, Default::default()),
         }
     }
 
