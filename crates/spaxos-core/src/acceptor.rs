@@ -5,7 +5,7 @@
 use crate::message::{Body, PromiseEntry};
 use crate::node::{Node, RoleState};
 use crate::ready::ReadRequest;
-use crate::types::{Ballot, Index, NodeId, Value};
+use crate::types::{Ballot, Index, InstanceState, NodeId, Record, Value};
 
 impl Node {
     /// The promise in force at `index`: the per-index promise or the
@@ -118,9 +118,7 @@ impl Node {
         }
         if ballot > self.state.promised {
             self.state.promised = ballot;
-            self.out
-                .records
-                .push(crate::types::Record::Node(self.state));
+            self.out.records.push(Record::Node(self.state));
             if from != self.id {
                 self.step_down_below(ballot);
                 // Give the candidate time to win before we campaign.
@@ -183,27 +181,36 @@ impl Node {
         }
         let mut accepted = Vec::with_capacity(entries.len());
         let mut refused: Option<(Ballot, Index)> = None;
+        let node_promise = self.state.promised;
+        self.out.records.reserve(entries.len());
         for (index, value) in entries {
             if index == 0 || index < self.base {
                 continue;
             }
-            let promised = self.effective_promise(index);
-            if ballot < promised {
-                if refused.is_none_or(|r| promised > r.0) {
-                    refused = Some((promised, index));
-                }
-                continue;
-            }
+            // One lookup per entry: this loop is the follower's hot path.
             let Some(inst) = self.instance_mut_bounded(index) else {
                 continue;
             };
             if inst.chosen {
                 continue;
             }
+            let promised = inst.promised.max(node_promise);
+            if ballot < promised {
+                if refused.is_none_or(|r| promised > r.0) {
+                    refused = Some((promised, index));
+                }
+                continue;
+            }
             inst.promised = ballot;
             inst.accepted = ballot;
-            inst.value = Some(value);
-            self.persist_instance(index);
+            inst.value = Some(value.clone());
+            self.out.records.push(Record::Instance(InstanceState {
+                index,
+                promised: ballot,
+                accepted: ballot,
+                value: Some(value),
+                chosen: false,
+            }));
             accepted.push(index);
         }
         if !accepted.is_empty() {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::message::{Body, PromiseEntry};
 use crate::node::{Candidate, FastMap, Leader, Node, RoleState};
-use crate::types::{Ballot, Index, NodeId, Outcome, ReqId, Value};
+use crate::types::{Ballot, Index, InstanceState, NodeId, Outcome, Record, ReqId, Value};
 
 /// Marks a reqid waiting in the leader's queue in `Leader::assigned`.
 const QUEUED: Index = 0;
@@ -148,12 +148,13 @@ impl Node {
             return false;
         };
         let ballot = l.ballot;
-        if self.effective_promise(index) > ballot {
+        let node_promise = self.state.promised;
+        let now = self.now;
+        let inst = self.instance_mut_force(index);
+        if inst.promised.max(node_promise) > ballot {
             self.step_down();
             return false;
         }
-        let now = self.now;
-        let inst = self.instance_mut_force(index);
         if inst.chosen {
             return true;
         }
@@ -163,11 +164,16 @@ impl Node {
         inst.vote_ballot = ballot;
         inst.votes = 0;
         inst.proposed_at = now;
-        if let Some(proposer) = inst.proposer.take() {
-            drop(proposer);
+        if inst.proposer.take().is_some() {
             self.leaderless_active -= 1;
         }
-        self.persist_instance(index);
+        self.out.records.push(Record::Instance(InstanceState {
+            index,
+            promised: ballot,
+            accepted: ballot,
+            value: Some(value.clone()),
+            chosen: false,
+        }));
         self.self_accepted.push(index);
         self.accept_batch.push((index, value));
         true
@@ -384,7 +390,7 @@ impl Node {
         }
         for ((to, _), entries) in peers.into_iter().zip(per_peer) {
             if !entries.is_empty() {
-                self.broadcast_accepts(ballot, entries, Some(to));
+                self.broadcast_accepts(ballot, &entries, Some(to));
             }
         }
     }
@@ -397,7 +403,6 @@ impl Node {
             if l.ballot == ballot {
                 l.heard |= bit;
                 let base = self.base;
-                let mut newly_chosen = Vec::new();
                 for &index in indices {
                     if index < base {
                         continue;
@@ -410,11 +415,12 @@ impl Node {
                     }
                     inst.votes |= bit;
                     if inst.votes.count_ones() >= quorum {
-                        newly_chosen.push(index);
+                        // A quorum accepted our value: it is chosen. (A
+                        // leader's index runs no single-index proposer:
+                        // `propose_at` ended any.)
+                        inst.chosen = true;
+                        self.out.records.push(Record::Chosen(index));
                     }
-                }
-                for index in newly_chosen {
-                    self.mark_chosen(index);
                 }
                 return;
             }

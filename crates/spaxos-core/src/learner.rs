@@ -12,27 +12,6 @@ use crate::types::{
 };
 
 impl Node {
-    /// The value accepted locally at `index` is chosen (a vote quorum
-    /// accepted it at the ballot it was accepted at).
-    pub(crate) fn mark_chosen(&mut self, index: Index) {
-        let Some(inst) = self.instance_mut(index) else {
-            return;
-        };
-        if inst.chosen {
-            return;
-        }
-        assert!(
-            inst.value.is_some(),
-            "index {index} chosen without an accepted value"
-        );
-        inst.chosen = true;
-        let had_proposer = inst.proposer.take().is_some();
-        if had_proposer {
-            self.leaderless_active -= 1;
-        }
-        self.out.records.push(Record::Chosen(index));
-    }
-
     /// `value` is chosen at `index` (learned from a peer or a quorum).
     pub(crate) fn learn_value(&mut self, index: Index, value: Value) {
         if index < self.base {
@@ -100,15 +79,19 @@ impl Node {
             return;
         }
         let last = (chosen_through - self.base).min(self.instances.len() as u64 - 1) as usize;
-        let mut found = Vec::new();
-        for (offset, inst) in self.instances.iter().enumerate().take(last + 1) {
+        let base = self.base;
+        let mut freed_proposers = 0;
+        for (offset, inst) in self.instances.iter_mut().enumerate().take(last + 1) {
             if !inst.chosen && inst.accepted == ballot && inst.value.is_some() {
-                found.push(self.base + offset as u64);
+                // Our accepted value is the chosen one (see above).
+                inst.chosen = true;
+                if inst.proposer.take().is_some() {
+                    freed_proposers += 1;
+                }
+                self.out.records.push(Record::Chosen(base + offset as u64));
             }
         }
-        for index in found {
-            self.mark_chosen(index);
-        }
+        self.leaderless_active -= freed_proposers;
     }
 
     /// Delivers every chosen index at the front, in order, and retires it

@@ -712,15 +712,20 @@ impl Node {
                 RoleState::Leader(l) => Some(l.ballot),
                 _ => None,
             };
-            let entries = std::mem::take(&mut self.accept_batch);
+            // Keep the batch's capacity for the next round.
+            let mut entries = std::mem::take(&mut self.accept_batch);
             if let Some(ballot) = ballot {
-                self.broadcast_accepts(ballot, entries, None);
+                self.broadcast_accepts(ballot, &entries, None);
             }
+            entries.clear();
+            self.accept_batch = entries;
         }
         if !self.self_accepted.is_empty() {
             if let RoleState::Leader(l) = &self.role {
                 let ballot = l.ballot;
-                let indices = std::mem::take(&mut self.self_accepted);
+                let capacity = self.self_accepted.len();
+                let indices =
+                    std::mem::replace(&mut self.self_accepted, Vec::with_capacity(capacity));
                 self.send(self.id, Body::Accepted { ballot, indices });
             } else {
                 self.self_accepted.clear();
@@ -747,24 +752,26 @@ impl Node {
     pub(crate) fn broadcast_accepts(
         &mut self,
         ballot: Ballot,
-        entries: Vec<(Index, Value)>,
+        entries: &[(Index, Value)],
         only_to: Option<NodeId>,
     ) {
         let chosen_through = self.base - 1;
-        let mut chunks: Vec<Vec<(Index, Value)>> = Vec::new();
+        // Split into runs of at most `batch_bytes_max` payload bytes (one
+        // entry at least), each copied once per peer at its exact size.
+        let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
         let mut bytes = 0usize;
-        let mut current: Vec<(Index, Value)> = Vec::new();
-        for (index, value) in entries {
+        let mut start = 0usize;
+        for (i, (_, value)) in entries.iter().enumerate() {
             let len = value.payload_len() + 16;
-            if !current.is_empty() && bytes + len > self.cfg.batch_bytes_max {
-                chunks.push(std::mem::take(&mut current));
+            if i > start && bytes + len > self.cfg.batch_bytes_max {
+                chunks.push(start..i);
+                start = i;
                 bytes = 0;
             }
             bytes += len;
-            current.push((index, value));
         }
-        if !current.is_empty() {
-            chunks.push(current);
+        if start < entries.len() {
+            chunks.push(start..entries.len());
         }
         let targets: Vec<NodeId> = match only_to {
             Some(to) => vec![to],
@@ -776,7 +783,7 @@ impl Node {
                     to,
                     Body::Accept {
                         ballot,
-                        entries: chunk.clone(),
+                        entries: entries[chunk.clone()].to_vec(),
                         chosen_through,
                     },
                 );
