@@ -403,6 +403,7 @@ impl Node {
             if l.ballot == ballot {
                 l.heard |= bit;
                 let base = self.base;
+                let mut freed_proposers = 0;
                 for &index in indices {
                     if index < base {
                         continue;
@@ -415,13 +416,15 @@ impl Node {
                     }
                     inst.votes |= bit;
                     if inst.votes.count_ones() >= quorum {
-                        // A quorum accepted our value: it is chosen. (A
-                        // leader's index runs no single-index proposer:
-                        // `propose_at` ended any.)
+                        // A quorum accepted our value: it is chosen.
                         inst.chosen = true;
+                        if inst.proposer.take().is_some() {
+                            freed_proposers += 1;
+                        }
                         self.out.records.push(Record::Chosen(index));
                     }
                 }
+                self.leaderless_active -= freed_proposers;
                 return;
             }
         }
