@@ -268,8 +268,15 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
     }
     let mut checkpointed = 0u64;
     let secs_limit = args.secs.map(Duration::from_secs_f64);
+    // Memory is compared from the end of a warm-up (caches, windows and
+    // queues filled) to the end of the run.
+    let warmup = secs_limit.map(|l| (l / 10).min(Duration::from_secs(60)));
+    let mut rss_warm_kib = None;
     loop {
         std::thread::sleep(Duration::from_millis(50));
+        if rss_warm_kib.is_none() && warmup.is_some_and(|w| start.elapsed() >= w) {
+            rss_warm_kib = Some(rss_kib());
+        }
         let done = match secs_limit {
             Some(limit) => start.elapsed() >= limit,
             None => chosen.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) >= args.n,
@@ -347,6 +354,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         "fsync_p50_us": fsync_p50,
         "rtt_p50_us": rtt_p50,
         "rss_start_kib": rss_start_kib,
+        "rss_warm_kib": rss_warm_kib,
         "rss_end_kib": rss_end_kib,
         "checkpointed_through": checkpointed,
         "replicas_agree": agree,
