@@ -670,12 +670,12 @@ impl Node {
         let value = pending.value.clone();
         if self.is_leader() {
             self.leader_submit(value, self.id);
-        } else if let Some((leader, _)) = self.leader {
+        } else if self.leader.is_some() {
+            // Sent to the leader with this round's other forwards (`ready`).
             let retry_at = self.now + self.cfg.forward_retry_ticks as u64;
             let pending = self.pending.get_mut(&reqid).expect("checked above");
             pending.forwarded = true;
             pending.sent_at = self.now;
-            let _ = leader;
             self.forward_batch.push(value);
             self.forward_retries.push_back((retry_at, reqid));
         } else {
