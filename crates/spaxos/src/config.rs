@@ -50,6 +50,12 @@ pub mod defaults {
     pub const PROPOSAL_QUEUE_MAX: usize = 1 << 16;
     /// `peer_queue_max`: messages queued for one peer before new ones are dropped.
     pub const PEER_QUEUE_MAX: usize = 4096;
+    /// `dedup_window`: a reqid chosen within this many log indices is not
+    /// applied again (duplicates of retried forwards, client re-proposals).
+    /// Larger windows cover retries at higher rates; smaller ones are cheaper
+    /// (see docs/PERFORMANCE.md). Storage keeps at least twice this many
+    /// indices below a checkpoint.
+    pub const DEDUP_WINDOW: u64 = 1 << 16;
     /// `retry_lost`: retry a proposal that lost its index on a fresh index.
     pub const RETRY_LOST: bool = true;
     /// `send_accepts_before_persist`: a leader sends accepts before its own
@@ -146,6 +152,9 @@ pub struct Config {
     /// dropped (Paxos tolerates loss) and counted.
     #[serde(default = "d_peer_queue_max")]
     pub peer_queue_max: usize,
+    /// Log indices within which a chosen reqid is not applied again.
+    #[serde(default = "d_dedup_window")]
+    pub dedup_window: u64,
     /// Retry a proposal that lost its index on a fresh index instead of
     /// reporting it lost.
     #[serde(default = "d_retry_lost")]
@@ -187,6 +196,9 @@ fn d_proposal_queue_max() -> usize {
 }
 fn d_peer_queue_max() -> usize {
     defaults::PEER_QUEUE_MAX
+}
+fn d_dedup_window() -> u64 {
+    defaults::DEDUP_WINDOW
 }
 fn d_retry_lost() -> bool {
     defaults::RETRY_LOST
@@ -462,8 +474,9 @@ impl Config {
     }
 
     fn check_limits(&self, errors: &mut Vec<ConfigError>) {
-        let positive: [(&'static str, u64); 6] = [
+        let positive: [(&'static str, u64); 7] = [
             ("inflight_max", self.inflight_max),
+            ("dedup_window", self.dedup_window),
             ("batch_bytes_max", self.batch_bytes_max as u64),
             ("value_bytes_max", self.value_bytes_max as u64),
             ("proposal_queue_max", self.proposal_queue_max as u64),
@@ -558,6 +571,7 @@ impl Config {
         core.value_bytes_max = self.value_bytes_max;
         core.proposal_queue_max = self.proposal_queue_max;
         core.retry_lost = self.retry_lost;
+        core.dedup_window = self.dedup_window;
         core.rng_seed = self
             .rng_seed
             .unwrap_or_else(|| rand::random::<u64>() ^ self.selfid);

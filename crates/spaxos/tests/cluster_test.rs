@@ -397,3 +397,50 @@ fn proposal_handles_can_be_awaited_and_many_values_share_one_index() {
     assert_eq!(value.reqid(), Some(900));
     assert_eq!(value.values(), &["a".as_bytes(), "b".as_bytes()][..]);
 }
+
+/// Checkpointing lets storage drop what the application no longer needs; the
+/// node keeps serving what it holds, reports what it dropped as compacted,
+/// and comes back the same after a restart.
+#[test]
+fn checkpoint_compacts_and_survives_a_restart() {
+    let mut cluster = Cluster::start_with(3, r#", "dedup_window": 8"#);
+    let leader = cluster.wait_leader();
+    let chosen = propose_from_threads(cluster.node(leader), 1, 2, 60);
+    let last = *chosen.values().max().expect("chosen");
+    assert!(last >= 120);
+    let deadline = Instant::now() + WAIT;
+    while cluster.running().any(|n| n.status().chosen_through < last) {
+        assert!(Instant::now() < deadline, "nodes did not catch up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let node = cluster.node(follower);
+    // Two dedup windows (2 x 8) stay below the checkpoint.
+    let through = node.checkpoint(100).expect("checkpoint");
+    assert_eq!(through, 100 - 16);
+    let first = through + 1;
+    let compacted = |node: &Spaxos, index: u64| matches!(node.get(index), Err(spaxos::Error::Compacted { first_index }) if first_index == first);
+    assert!(compacted(node, 1));
+    assert!(compacted(node, through));
+    assert!(node.get(first).expect("held").is_some());
+    assert!(matches!(
+        node.ordered_from(1).recv_timeout(WAIT),
+        Err(spaxos::StreamError::Compacted { .. })
+    ));
+    assert_eq!(
+        node.ordered_from(first)
+            .recv_timeout(WAIT)
+            .expect("item")
+            .index,
+        first
+    );
+
+    cluster.stop(follower);
+    cluster.restart(follower);
+    let node = cluster.node(follower);
+    assert!(compacted(node, 10));
+    assert!(node.get(last).expect("held").is_some());
+    // It still takes part: new proposals on it are chosen.
+    let more = propose_from_threads(node, 10_000, 1, 10);
+    assert_eq!(more.len(), 10);
+}

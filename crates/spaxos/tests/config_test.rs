@@ -56,7 +56,7 @@ fn optional_fields_override_defaults() {
         "\"path\"",
         r#""cluster_id": 9, "tick_ms": 5, "inflight_max": 10, "batch_bytes_max": 1000,
            "value_bytes_max": 2000, "frame_bytes_max": 100000, "proposal_queue_max": 7,
-           "peer_queue_max": 11, "retry_lost": false, "send_accepts_before_persist": false,
+           "peer_queue_max": 11, "retry_lost": false, "send_accepts_before_persist": false, "dedup_window": 5,
            "reconnect_backoff_min_ms": 1, "reconnect_backoff_max_ms": 3, "rng_seed": 42, "path""#,
         1,
     );
@@ -65,6 +65,7 @@ fn optional_fields_override_defaults() {
     assert_eq!(config.cluster_id, 9);
     assert!(!config.send_accepts_before_persist);
     let core = config.core_config();
+    assert_eq!(core.dedup_window, 5);
     assert_eq!(core.heartbeat_ticks, 20);
     assert_eq!(core.election_timeout_ticks, 40);
     assert_eq!(core.election_timeout_range_ticks, 6);
