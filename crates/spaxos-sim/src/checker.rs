@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use spaxos_core::{Ballot, Body, ChosenItem, Index, Message, NodeId, Outcome, ReqId, Value};
 
-use crate::durable::Durable;
+use spaxos_storage::MemStorage;
 
 #[derive(Clone, Debug)]
 pub struct ProposalRecord {
@@ -103,36 +103,46 @@ impl Checker {
 
     /// A message leaves node `msg.from` whose disk is `disk` at that moment.
     /// Promises and votes must be backed by durable state.
-    pub fn on_sent(&mut self, msg: &Message, disk: &Durable) {
+    pub fn on_sent(&mut self, msg: &Message, disk: &MemStorage) {
+        let node = disk.node_state();
+        let instance = |index: Index| disk.instance(index);
+        let effective_promise = |index: Index| {
+            instance(index)
+                .map(|i| i.promised)
+                .unwrap_or_default()
+                .max(node.promised)
+        };
         let from = msg.from;
         match &msg.body {
             Body::Prepare { ballot, .. } | Body::PrepareRange { ballot, .. }
-                if ballot.node == from && disk.node.max_round < ballot.round =>
+                if ballot.node == from && node.max_round < ballot.round =>
             {
                 self.violation(format!(
                         "node {from} sent a prepare at {ballot} before persisting max_round (disk has {})",
-                        disk.node.max_round
+                        node.max_round
                     ));
             }
-            Body::Promise { ballot, index, .. } if disk.effective_promise(*index) < *ballot => {
+            Body::Promise { ballot, index, .. } if effective_promise(*index) < *ballot => {
                 self.violation(format!(
                     "node {from} promised {ballot} at index {index} but its disk promises only {}",
-                    disk.effective_promise(*index)
+                    effective_promise(*index)
                 ));
             }
-            Body::PromiseRange { ballot, .. } if disk.node.promised < *ballot => {
+            Body::PromiseRange { ballot, .. } if node.promised < *ballot => {
                 self.violation(format!(
                     "node {from} sent a range promise {ballot} but its disk promises only {}",
-                    disk.node.promised
+                    node.promised
                 ));
             }
             Body::Accepted { ballot, indices } => {
                 let bit = self.bit(from);
                 for &index in indices {
-                    if disk.accepted(index) < *ballot && disk.chosen(index).is_none() {
+                    let (accepted, chosen) = instance(index)
+                        .map(|i| (i.accepted, i.chosen))
+                        .unwrap_or_default();
+                    if accepted < *ballot && !chosen {
                         self.violation(format!(
-                            "node {from} voted for {ballot} at index {index} but its disk has accepted only {}",
-                            disk.accepted(index)
+                            "node {from} voted for {ballot} at index {index} but its disk has accepted only {accepted}"
                         ));
                     }
                     let votes = self.accepted_by.entry((index, *ballot)).or_default();

@@ -7,7 +7,6 @@
 //! after the chaos phase the network heals and a liveness check follows.
 
 pub mod checker;
-pub mod durable;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -18,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use spaxos_core::{Body, CoreConfig, Message, Node, NodeId, ProposeError, Ready, Value};
 
 use checker::{Checker, ProposalRecord};
-use durable::Durable;
+use spaxos_storage::{MemStorage, Storage};
 
 /// Time units per core tick (message and disk latencies are finer than a tick).
 const UNITS_PER_TICK: u64 = 10;
@@ -92,7 +91,12 @@ struct SimNode {
     id: NodeId,
     node: Option<Node>,
     cfg: CoreConfig,
-    disk: Durable,
+    /// The production in-memory store: only what it holds survives a crash.
+    disk: MemStorage,
+    /// With `--mutate lying-disk`: an older copy of the disk that a crash
+    /// falls back to, losing writes that were acknowledged since.
+    stale_disk: Option<MemStorage>,
+    writes: u64,
     /// Batches written but not yet durable: (due time, records, messages).
     unpersisted: VecDeque<(u64, Vec<spaxos_core::Record>, Vec<Message>)>,
     incarnation: u64,
@@ -238,7 +242,9 @@ impl Sim {
                     id,
                     node: Some(Node::new(core.clone()).expect("valid sim config")),
                     cfg: core,
-                    disk: Durable::default(),
+                    disk: MemStorage::new(),
+                    stale_disk: None,
+                    writes: 0,
                     unpersisted: VecDeque::new(),
                     incarnation: 0,
                     down_until: 0,
@@ -386,12 +392,10 @@ impl Sim {
         node.node = None;
         node.unpersisted.clear();
         if lying {
-            // The disk acknowledged writes it never made: lose the last ones.
-            let last: Vec<_> = node.disk.instances.keys().rev().take(3).copied().collect();
-            for index in last {
-                node.disk.instances.remove(&index);
+            // The disk acknowledged writes it never made: they are gone.
+            if let Some(stale) = node.stale_disk.take() {
+                node.disk = stale;
             }
-            node.disk.node.promised = spaxos_core::Ballot::ZERO;
         }
         node.down_until = self.now + self.rng.random_range(50..400) * UNITS_PER_TICK / 10;
         self.crashes += 1;
@@ -403,7 +407,10 @@ impl Sim {
         node.incarnation += 1;
         let mut cfg = node.cfg.clone();
         cfg.rng_seed = self.cfg.seed ^ (node.incarnation << 32);
-        let recovered = node.disk.recover(cfg.dedup_history());
+        let recovered = match node.disk.recover(cfg.dedup_history()) {
+            Ok(recovered) => recovered,
+            Err(e) => panic!("node {} cannot recover its store: {e}", node.id),
+        };
         node.node = Some(Node::restore(cfg, recovered).expect("valid sim config"));
         let id = node.id;
         self.log(format!("restart node {id}"));
@@ -486,8 +493,8 @@ impl Sim {
             let mut entries = Vec::new();
             for index in read.from_index..=read.to_index {
                 match self.nodes[slot].disk.chosen(index) {
-                    Some(value) => entries.push((index, value)),
-                    None => break,
+                    Ok(Some(value)) => entries.push((index, value)),
+                    _ => break,
                 }
             }
             if !entries.is_empty() {
@@ -543,7 +550,16 @@ impl Sim {
             .is_some_and(|b| b.0 <= self.now)
         {
             let (_, records, messages) = self.nodes[slot].unpersisted.pop_front().expect("checked");
-            self.nodes[slot].disk.apply(&records);
+            let node = &mut self.nodes[slot];
+            if self.cfg.mutation == Some(Mutation::LyingDisk) && node.writes.is_multiple_of(4) {
+                node.stale_disk = Some(node.disk.clone());
+            }
+            node.writes += 1;
+            // The store checks each batch against the write contract: a
+            // malformed batch is a core bug (caught as a panic by `run`).
+            if let Err(e) = node.disk.write(&records) {
+                panic!("node {} wrote an invalid batch: {e}", node.id);
+            }
             for msg in messages {
                 self.send(slot, msg);
             }

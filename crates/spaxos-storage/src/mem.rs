@@ -1,7 +1,7 @@
 //! [`MemStorage`]: the whole durable state in memory, for tests and the
 //! simulator.
 
-use spaxos_core::{Index, Record, RecoveredState, Value};
+use spaxos_core::{Index, InstanceState, NodeState, Record, RecoveredState, Value};
 
 use crate::error::StorageError;
 use crate::state::LogState;
@@ -38,6 +38,23 @@ impl MemStorage {
     /// applying anything, until called with `false`. For fault injection.
     pub fn set_writes_failing(&mut self, failing: bool) {
         self.writes_failing = failing;
+    }
+
+    /// The durable node-wide hard state (what a checker compares a node's
+    /// messages against).
+    pub fn node_state(&self) -> NodeState {
+        self.state.node
+    }
+
+    /// The durable state of `index`, if it holds a record there.
+    pub fn instance(&self, index: Index) -> Option<InstanceState> {
+        self.state.slots.get(&index).map(|slot| InstanceState {
+            index,
+            promised: slot.promised,
+            accepted: slot.accepted,
+            value: slot.value.clone(),
+            chosen: slot.chosen,
+        })
     }
 }
 
