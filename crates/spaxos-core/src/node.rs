@@ -448,8 +448,9 @@ impl Node {
     /// Takes everything produced since the last call. See [`Ready`] for the
     /// order in which the driver must act on it.
     pub fn ready(&mut self) -> Ready {
-        self.flush_batches();
-        std::mem::take(&mut self.out)
+        let mut ready = Ready::default();
+        self.ready_into(&mut ready);
+        ready
     }
 
     /// Like [`Node::ready`], but appends into `ready`, whose vectors the
