@@ -20,6 +20,8 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use spaxos::{Config, Outcome, Role, Spaxos};
 
+use crate::digest::Digest;
+
 /// Options of the `cluster` mode.
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
@@ -170,25 +172,17 @@ fn wait_for_leader(nodes: &[Spaxos], timeout: Duration) -> Result<usize, String>
     }
 }
 
-/// Order-sensitive digest of a node's log through `through`.
-fn digest(node: &Spaxos, through: u64) -> Result<(u64, u64), String> {
+/// Digest of a node's log through `through`, read from its ordered stream.
+fn digest(node: &Spaxos, through: u64) -> Result<Digest, String> {
     let mut stream = node.ordered_from(1);
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut digest = Digest::default();
     for _ in 1..=through {
         let item = stream
             .recv_timeout(Duration::from_secs(30))
             .map_err(|e| format!("node {} stream: {e}", node.id()))?;
-        hash = (hash ^ item.index).wrapping_mul(0x100_0000_01B3);
-        hash = (hash ^ item.value.reqid().unwrap_or(0)).wrapping_mul(0x100_0000_01B3);
-        for v in item.value.values() {
-            for chunk in v.chunks(8) {
-                let mut word = [0u8; 8];
-                word[..chunk.len()].copy_from_slice(chunk);
-                hash = (hash ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            }
-        }
+        digest.add(&item);
     }
-    Ok((through, hash))
+    Ok(digest)
 }
 
 pub fn run(args: &ClusterArgs) -> Result<(), String> {
@@ -317,7 +311,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let agree = if checkpointed == 0 {
-        let digests: Vec<(u64, u64)> = nodes
+        let digests: Vec<Digest> = nodes
             .iter()
             .map(|n| digest(n, through))
             .collect::<Result<_, _>>()?;
