@@ -272,11 +272,7 @@ impl Spaxos {
         reqid: ReqId,
         value: impl Into<Bytes>,
     ) -> Result<ProposalHandle, ProposeError> {
-        let value = Value::One {
-            reqid,
-            value: value.into(),
-        };
-        self.submit(value, Submit::Block)
+        self.submit(one(reqid, value), Submit::Block)
     }
 
     /// Like [`Spaxos::propose`], but returns [`ProposeError::Busy`] instead of
@@ -286,11 +282,7 @@ impl Spaxos {
         reqid: ReqId,
         value: impl Into<Bytes>,
     ) -> Result<ProposalHandle, ProposeError> {
-        let value = Value::One {
-            reqid,
-            value: value.into(),
-        };
-        self.submit(value, Submit::Try)
+        self.submit(one(reqid, value), Submit::Try)
     }
 
     /// Like [`Spaxos::propose`], but returns [`ProposeError::Busy`] if the
@@ -301,11 +293,7 @@ impl Spaxos {
         value: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<ProposalHandle, ProposeError> {
-        let value = Value::One {
-            reqid,
-            value: value.into(),
-        };
-        self.submit(value, Submit::Timeout(timeout))
+        self.submit(one(reqid, value), Submit::Timeout(timeout))
     }
 
     /// Proposes several values under one reqid, to be chosen together at one
@@ -541,6 +529,14 @@ impl Drop for Inner {
 /// core rotates out what is too old.
 pub(crate) fn dedup_history(core: &spaxos_core::CoreConfig) -> u64 {
     core.dedup_history()
+}
+
+/// A single-value proposal.
+fn one(reqid: ReqId, value: impl Into<Bytes>) -> Value {
+    Value::One {
+        reqid,
+        value: value.into(),
+    }
 }
 
 fn open_disk(path: &Path) -> Result<Box<dyn Storage>, spaxos_storage::StorageError> {
