@@ -34,14 +34,19 @@ pub struct Checker {
     pub delivered_reqids: HashMap<ReqId, Index>,
     pub proposals: HashMap<ReqId, ProposalRecord>,
     pub raw_duplicates: u64,
+    /// Repeats delivered again because the window had forgotten the first.
+    pub repeats_past_window: u64,
     pub violations: Vec<String>,
+    /// The cluster's `dedup_window`.
+    pub dedup_window: u64,
 }
 
 impl Checker {
-    pub fn new(members: Vec<NodeId>) -> Checker {
+    pub fn new(members: Vec<NodeId>, dedup_window: u64) -> Checker {
         Checker {
             quorum: members.len() / 2 + 1,
             members,
+            dedup_window: dedup_window.max(1),
             ..Checker::default()
         }
     }
@@ -50,6 +55,13 @@ impl Checker {
         if self.violations.len() < 20 {
             self.violations.push(text);
         }
+    }
+
+    /// Whether a reqid delivered at `first` is still remembered at `index`
+    /// (the documented rule: generations of `dedup_window` indices, the
+    /// current one and the one before).
+    fn remembered(&self, first: Index, index: Index) -> bool {
+        first < index && (index - 1) / self.dedup_window <= (first - 1) / self.dedup_window + 1
     }
 
     fn bit(&self, node: NodeId) -> u64 {
@@ -204,7 +216,7 @@ impl Checker {
                 && truth
                     .reqid()
                     .and_then(|r| self.delivered_reqids.get(&r))
-                    .is_some_and(|&first| first < index);
+                    .is_some_and(|&first| self.remembered(first, index));
             if !dup_ok {
                 self.violation(format!(
                     "node {node} delivered {:?} at index {index} but {truth:?} was chosen",
@@ -215,10 +227,16 @@ impl Checker {
             }
         }
         if let Some(reqid) = item.value.reqid() {
+            // Past the window a repeat is applied again (documented); within
+            // it, it must have been suppressed.
             if let Some(&first) = self.delivered_reqids.get(&reqid) {
-                self.violation(format!(
-                    "reqid {reqid} chosen at two indices: {first} and {index}"
-                ));
+                if self.remembered(first, index) {
+                    self.violation(format!(
+                        "reqid {reqid} delivered at two indices within the dedup window: {first} and {index}"
+                    ));
+                } else {
+                    self.repeats_past_window += 1;
+                }
             }
             self.delivered_reqids.insert(reqid, index);
             if let Some(Outcome::Lost { index: lost_at }) =

@@ -114,6 +114,7 @@ pub struct SimReport {
     pub messages: u64,
     pub crashes: u64,
     pub raw_duplicates: u64,
+    pub repeats_past_window: u64,
     pub trace: Vec<String>,
 }
 
@@ -163,6 +164,7 @@ pub fn run(cfg: SimConfig) -> SimReport {
             messages: sim.messages,
             crashes: sim.crashes,
             raw_duplicates: sim.checker.raw_duplicates,
+            repeats_past_window: sim.checker.repeats_past_window,
             trace: sim.trace,
         },
         Err(panic) => {
@@ -180,6 +182,7 @@ pub fn run(cfg: SimConfig) -> SimReport {
                 messages: 0,
                 crashes: 0,
                 raw_duplicates: 0,
+                repeats_past_window: 0,
                 trace: Vec::new(),
             }
         }
@@ -223,19 +226,26 @@ impl Sim {
             faults.propose = faults.propose.min(0.2);
         }
         let retry_lost = rng.random_bool(0.7);
+        // A seed chooses a few hundred entries: small windows make the
+        // duplicate window rotate (and forget) many times per run.
+        let dedup_window = if rng.random_bool(0.3) {
+            [3, 16, 64][rng.random_range(0..3)]
+        } else {
+            CoreConfig::new(1, vec![1]).dedup_window
+        };
         let nodes = members
             .iter()
             .map(|&id| {
                 let mut core = CoreConfig::new(id, members.clone());
                 core.rng_seed = cfg.seed;
                 core.retry_lost = retry_lost;
+                core.dedup_window = dedup_window;
                 if small_limits {
                     // Small windows cannot keep up with heavy load; the
                     // liveness bound assumes the offered load is sustainable.
                     core.inflight_max = 4;
                     core.batch_bytes_max = 64;
                     core.catchup_batch_max = 16;
-                    core.dedup_window = 1024;
                     core.leaderless_inflight_max = 2;
                 }
                 SimNode {
@@ -253,7 +263,7 @@ impl Sim {
             .collect();
         let n = cfg.nodes;
         let mut sim = Sim {
-            checker: Checker::new(members),
+            checker: Checker::new(members, dedup_window),
             cfg,
             faults,
             rng,
@@ -271,7 +281,7 @@ impl Sim {
             healing: false,
         };
         let faults = format!(
-            "{:?} small_limits={small_limits} retry_lost={retry_lost}",
+            "{:?} small_limits={small_limits} retry_lost={retry_lost} dedup_window={dedup_window}",
             sim.faults
         );
         sim.log(format!("seed {} nodes {} faults {faults}", sim.cfg.seed, n));

@@ -59,6 +59,7 @@ fn main() -> ExitCode {
     let mut messages = 0u64;
     let mut crashes = 0u64;
     let mut chosen = 0usize;
+    let (mut suppressed, mut repeats) = (0u64, 0u64);
     for seed in seeds {
         let nodes = nodes_for(seed, args.nodes);
         let mut cfg = SimConfig::new(seed, nodes);
@@ -72,6 +73,8 @@ fn main() -> ExitCode {
         messages += report.messages;
         crashes += report.crashes;
         chosen += report.chosen;
+        suppressed += report.raw_duplicates;
+        repeats += report.repeats_past_window;
         if report.passed() {
             passed += 1;
             if args.seed.is_some() {
@@ -97,7 +100,8 @@ fn main() -> ExitCode {
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "{:.1} seeds/s, {chosen} entries chosen, {messages} messages, {crashes} crashes in {secs:.1}s",
+        "{:.1} seeds/s, {chosen} entries chosen, {messages} messages, {crashes} crashes, \
+         {suppressed} duplicates suppressed, {repeats} repeats past the dedup window in {secs:.1}s",
         (passed + failed) as f64 / secs
     );
     println!("{passed} passed, {failed} failed");
