@@ -78,6 +78,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("election_timeout_ticks ({election}) must exceed heartbeat_ticks ({heartbeat})")]
     ElectionTooShort { election: u32, heartbeat: u32 },
+    #[error("dedup_window {0} exceeds the maximum ({max})", max = crate::DEDUP_WINDOW_MAX)]
+    DedupWindowTooLarge(u64),
 }
 
 impl CoreConfig {
@@ -151,6 +153,9 @@ impl CoreConfig {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.dedup_window > crate::DEDUP_WINDOW_MAX {
+            return Err(ConfigError::DedupWindowTooLarge(self.dedup_window));
         }
         if self.election_timeout_ticks <= self.heartbeat_ticks {
             return Err(ConfigError::ElectionTooShort {

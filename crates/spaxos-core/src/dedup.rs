@@ -4,88 +4,132 @@
 //!
 //! Two generations of `span = dedup_window` indices each: a reqid is
 //! remembered for at least `dedup_window` and at most `2 * dedup_window`
-//! indices. Rotating a whole generation replaces per-entry eviction (a hash
-//! map removal per chosen entry on the hot path).
+//! indices. Rotating a whole generation replaces per-entry eviction (a
+//! removal per chosen entry on the hot path).
 //!
-//! Almost every lookup is for a reqid that is not there, and the tables are
-//! too large for the CPU cache, so each generation also keeps a Bloom
-//! filter (16 bits per entry, 2 probes: ~1.4 % false positives, 128 KiB for
-//! the default window) that answers "certainly not" without touching them.
+//! Every chosen entry is checked and inserted, so the layout is built for
+//! the cache: a generation keeps its reqids in a ring by index (appended in
+//! order: sequential writes) and an open-addressing table of `u32` slots,
+//! each a short fingerprint of the reqid and its offset in the ring. A lookup
+//! usually touches one cache line of the table per generation; a matching
+//! fingerprint is confirmed against the ring, so answers are exact. The
+//! table is half full at most (4 bytes per slot: 8 bytes per entry, a
+//! quarter of a general-purpose hash map of `(reqid, index)`).
 
-use crate::node::FastMap;
 use crate::types::{Index, ReqId};
 
-/// A Bloom filter over reqids: `maybe` never says no for an inserted one.
-struct Filter {
-    words: Vec<u64>,
-    /// Bit-index mask (the filter has a power-of-two number of bits).
-    mask: u64,
-}
+/// The largest `dedup_window` a generation can address: offsets take at
+/// most 25 bits of a slot, leaving at least 7 for the fingerprint.
+pub const DEDUP_WINDOW_MAX: u64 = 1 << 24;
 
-impl Filter {
-    fn new(entries: u64) -> Filter {
-        let bits = (entries.max(64) * 16).next_power_of_two().min(1 << 30);
-        Filter {
-            words: vec![0; (bits / 64) as usize],
-            mask: bits - 1,
-        }
-    }
-
-    fn positions(&self, reqid: ReqId) -> [u64; 2] {
-        let h = reqid.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let h2 = (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        [(h >> 20) & self.mask, (h2 >> 17) & self.mask]
-    }
-
-    fn maybe(&self, reqid: ReqId) -> bool {
-        self.positions(reqid)
-            .iter()
-            .all(|&bit| self.words[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
-    }
-
-    fn insert(&mut self, reqid: ReqId) {
-        for bit in self.positions(reqid) {
-            self.words[(bit / 64) as usize] |= 1 << (bit % 64);
-        }
-    }
-
-    fn clear(&mut self) {
-        self.words.iter_mut().for_each(|w| *w = 0);
-    }
-}
-
-/// One generation: its reqids and their filter.
+/// One generation: the reqids chosen at `first..first + span`.
 struct Generation {
-    reqids: FastMap<ReqId, Index>,
-    filter: Filter,
+    /// `ring[offset]` is the reqid chosen at `first + offset`; only offsets
+    /// named by a slot of `table` are meaningful.
+    ring: Vec<ReqId>,
+    /// 0 = empty, else `fingerprint << offset_bits | (offset + 1)`.
+    table: Vec<u32>,
+    /// Slots in use (the table is cleared, not shrunk, on rotation).
+    used: usize,
+}
+
+/// Where a lookup in one generation ended.
+enum Probe {
+    Found(u64),
+    /// Not there; this empty slot is where it would go.
+    Vacant(usize),
+}
+
+/// Fixed shape shared by both generations.
+#[derive(Clone, Copy)]
+struct Layout {
+    span: u64,
+    offset_bits: u32,
+    offset_mask: u32,
+    fingerprint_mask: u32,
+    slot_mask: usize,
+    seed: u64,
+}
+
+impl Layout {
+    fn new(span: u64, seed: u64) -> Layout {
+        assert!(
+            (1..=DEDUP_WINDOW_MAX).contains(&span),
+            "dedup span {span} out of range"
+        );
+        // Offsets are stored plus one, so 0 can mean "empty".
+        let offset_bits = 64 - span.leading_zeros();
+        let slots = (span * 2).next_power_of_two().max(16) as usize;
+        Layout {
+            span,
+            offset_bits,
+            offset_mask: ((1u64 << offset_bits) - 1) as u32,
+            fingerprint_mask: (u32::MAX as u64 >> offset_bits) as u32,
+            slot_mask: slots - 1,
+            seed,
+        }
+    }
+
+    /// Home slot and fingerprint of `reqid` (a full 64-bit mix: reqids are
+    /// often sequential, and a node-specific seed keeps chosen reqids from
+    /// piling into one run of slots).
+    fn place(&self, reqid: ReqId) -> (usize, u32) {
+        let mut h = reqid ^ self.seed;
+        h = (h ^ (h >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        h = (h ^ (h >> 33)).wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+        h ^= h >> 33;
+        (
+            (h as usize) & self.slot_mask,
+            (h >> 40) as u32 & self.fingerprint_mask,
+        )
+    }
 }
 
 impl Generation {
-    fn new(span: u64) -> Generation {
-        // Sized for a full generation up front: growing a large table
-        // rehashes it, a latency spike on the hot path.
-        let capacity = span.min(1 << 20) as usize;
+    fn new(layout: &Layout) -> Generation {
         Generation {
-            reqids: FastMap::with_capacity_and_hasher(capacity, Default::default()),
-            filter: Filter::new(span.min(1 << 24)),
+            // Zeroed allocations: pages are only touched once used.
+            ring: vec![0; layout.span as usize],
+            table: vec![0; layout.slot_mask + 1],
+            used: 0,
         }
     }
 
-    fn get(&self, reqid: ReqId) -> Option<Index> {
-        if !self.filter.maybe(reqid) {
-            return None;
+    /// Looks `reqid` up from its home `slot`.
+    fn probe(&self, layout: &Layout, reqid: ReqId, mut slot: usize, fingerprint: u32) -> Probe {
+        loop {
+            let entry = self.table[slot];
+            if entry == 0 {
+                return Probe::Vacant(slot);
+            }
+            if entry >> layout.offset_bits == fingerprint {
+                let offset = (entry & layout.offset_mask) as u64 - 1;
+                if self.ring[offset as usize] == reqid {
+                    return Probe::Found(offset);
+                }
+            }
+            slot = (slot + 1) & layout.slot_mask;
         }
-        self.reqids.get(&reqid).copied()
+    }
+
+    fn put(&mut self, layout: &Layout, slot: usize, fingerprint: u32, reqid: ReqId, offset: u64) {
+        // At most `span` entries in `2 * span` slots: probing always ends.
+        assert!(self.used < layout.slot_mask, "dedup generation overfull");
+        self.ring[offset as usize] = reqid;
+        self.table[slot] = fingerprint << layout.offset_bits | (offset as u32 + 1);
+        self.used += 1;
     }
 
     fn clear(&mut self) {
-        self.reqids.clear();
-        self.filter.clear();
+        if self.used > 0 {
+            self.table.iter_mut().for_each(|slot| *slot = 0);
+            self.used = 0;
+        }
     }
 }
 
 pub(crate) struct RecentReqids {
-    span: u64,
+    layout: Layout,
     /// Generation number (`(index - 1) / span`) of `current`.
     generation: u64,
     current: Generation,
@@ -93,26 +137,74 @@ pub(crate) struct RecentReqids {
 }
 
 impl RecentReqids {
-    pub fn new(window: u64) -> RecentReqids {
-        let span = window.max(1);
+    /// `window` indices at least (clamped to `1..=DEDUP_WINDOW_MAX`);
+    /// `seed` only spreads the table, never changes an answer.
+    pub fn new(window: u64, seed: u64) -> RecentReqids {
+        let layout = Layout::new(window.clamp(1, DEDUP_WINDOW_MAX), seed);
         RecentReqids {
-            span,
             generation: 0,
-            current: Generation::new(span),
-            previous: Generation::new(span),
+            current: Generation::new(&layout),
+            previous: Generation::new(&layout),
+            layout,
         }
+    }
+
+    fn first_index(&self, generation: u64) -> Index {
+        generation * self.layout.span + 1
     }
 
     /// Where `reqid` was chosen, if within the window.
     pub fn get(&self, reqid: ReqId) -> Option<Index> {
-        self.current.get(reqid).or_else(|| self.previous.get(reqid))
+        let (slot, fingerprint) = self.layout.place(reqid);
+        // Both home slots are read before either is judged, so the two
+        // (usually missing) cache lines load in parallel.
+        let (current, previous) = (self.current.table[slot], self.previous.table[slot]);
+        if current != 0 {
+            if let Probe::Found(offset) = self.current.probe(&self.layout, reqid, slot, fingerprint)
+            {
+                return Some(self.first_index(self.generation) + offset);
+            }
+        }
+        if previous != 0 {
+            return self.previous_get(reqid, slot, fingerprint);
+        }
+        None
+    }
+
+    fn previous_get(&self, reqid: ReqId, slot: usize, fingerprint: u32) -> Option<Index> {
+        if self.generation == 0 || self.previous.used == 0 {
+            return None;
+        }
+        match self.previous.probe(&self.layout, reqid, slot, fingerprint) {
+            Probe::Found(offset) => Some(self.first_index(self.generation - 1) + offset),
+            Probe::Vacant(_) => None,
+        }
+    }
+
+    /// Brings the table slots `reqids` will probe into the cache. The loads
+    /// are independent, so the CPU overlaps their misses; calling `insert`
+    /// for each afterwards then mostly hits the cache. Answers nothing.
+    pub fn warm(&self, reqids: impl Iterator<Item = ReqId>) {
+        let mut sum = 0u32;
+        for reqid in reqids {
+            let (slot, _) = self.layout.place(reqid);
+            sum = sum
+                .wrapping_add(self.current.table[slot])
+                .wrapping_add(self.previous.table[slot]);
+        }
+        std::hint::black_box(sum);
     }
 
     /// Records `reqid` chosen at `index` (indices come in increasing order)
     /// unless it is already in the window; returns the earlier index then.
     pub fn insert(&mut self, index: Index, reqid: ReqId) -> Option<Index> {
-        let generation = index.saturating_sub(1) / self.span;
+        let generation = index.saturating_sub(1) / self.layout.span;
         if generation != self.generation {
+            assert!(
+                generation > self.generation,
+                "dedup indices went back: {index} in generation {generation} < {}",
+                self.generation
+            );
             // Swap and clear instead of dropping: the tables keep their
             // memory, so a rotation costs a memset, not an munmap plus page
             // faults on a fresh allocation (a latency spike every window).
@@ -123,22 +215,33 @@ impl RecentReqids {
             }
             self.generation = generation;
         }
-        if let Some(earlier) = self.get(reqid) {
+        let (home, fingerprint) = self.layout.place(reqid);
+        let slot = match self.current.probe(&self.layout, reqid, home, fingerprint) {
+            Probe::Found(offset) => return Some(self.first_index(generation) + offset),
+            Probe::Vacant(slot) => slot,
+        };
+        if let Some(earlier) = self.previous_get(reqid, home, fingerprint) {
             return Some(earlier);
         }
-        self.current.reqids.insert(reqid, index);
-        self.current.filter.insert(reqid);
+        let offset = index - self.first_index(generation);
+        self.current
+            .put(&self.layout, slot, fingerprint, reqid, offset);
         None
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
     use super::*;
 
     #[test]
     fn remembers_within_the_window_and_forgets_after_two_generations() {
-        let mut recent = RecentReqids::new(4);
+        let mut recent = RecentReqids::new(4, 0);
         assert_eq!(recent.insert(1, 10), None);
         assert_eq!(recent.insert(2, 10), Some(1));
         assert_eq!(recent.get(10), Some(1));
@@ -151,21 +254,68 @@ mod tests {
         assert_eq!(recent.get(11), None);
     }
 
+    /// Against a plain map with the same two-generation rule, over windows
+    /// small and large, sparse indices (no-ops leave gaps), repeats, seeds
+    /// and reqids that differ only in high bits (fingerprint collisions).
     #[test]
-    fn filter_never_forgets_an_inserted_reqid() {
-        let mut filter = Filter::new(1000);
-        for reqid in (1..5000u64).step_by(7) {
-            filter.insert(reqid);
+    fn agrees_with_a_map_model() {
+        for (window, seed) in [(1, 0), (3, 1), (64, 2), (1000, 3), (65536, 4)] {
+            let mut rng = ChaCha8Rng::seed_from_u64(window ^ seed);
+            let mut recent = RecentReqids::new(window, rng.random());
+            let mut model: HashMap<ReqId, Index> = HashMap::new();
+            let (mut index, mut last_generation) = (0, 0);
+            for _ in 0..(window * 5).min(300_000) {
+                index += if rng.random_ratio(1, 10) {
+                    rng.random_range(1..4)
+                } else {
+                    1
+                };
+                let reqid = match rng.random_range(0..4) {
+                    0 => rng.random_range(1..50),
+                    1 => rng.random::<u64>() | 1,
+                    2 => (rng.random_range(1..64u64)) << 40,
+                    _ => index,
+                };
+                // `get` answers for the window as of the last insert.
+                let remembered = model.get(&reqid).copied();
+                assert_eq!(recent.get(reqid), remembered, "get {reqid} before {index}");
+                let generation = (index - 1) / window;
+                if generation != last_generation {
+                    model.retain(|_, at| (*at - 1) / window + 1 >= generation);
+                    last_generation = generation;
+                }
+                let expected = model.get(&reqid).copied();
+                assert_eq!(
+                    recent.insert(index, reqid),
+                    expected,
+                    "insert {reqid} at {index}"
+                );
+                model.entry(reqid).or_insert(index);
+            }
         }
-        for reqid in (1..5000u64).step_by(7) {
-            assert!(filter.maybe(reqid));
+    }
+
+    /// The largest window leaves 7-bit fingerprints, so equal fingerprints
+    /// of different reqids are common: the ring must settle every one.
+    #[test]
+    fn short_fingerprints_never_give_a_wrong_answer() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut recent = RecentReqids::new(DEDUP_WINDOW_MAX, 0);
+        let reqids: Vec<ReqId> = (0..20_000).map(|_| rng.random::<u64>() | 1).collect();
+        for (n, &reqid) in reqids.iter().enumerate() {
+            assert_eq!(recent.insert(n as u64 + 1, reqid), None);
         }
-        let false_positives = (1..5000u64)
-            .filter(|r| r % 7 != 1 && filter.maybe(*r))
-            .count();
-        assert!(
-            false_positives < 4300 / 10,
-            "{false_positives} false positives"
-        );
+        for (n, &reqid) in reqids.iter().enumerate() {
+            assert_eq!(recent.get(reqid), Some(n as u64 + 1));
+            assert_eq!(recent.get(reqid + 1), None);
+        }
+    }
+
+    #[test]
+    fn the_largest_window_fits_a_slot() {
+        let layout = Layout::new(DEDUP_WINDOW_MAX, 9);
+        assert!(layout.offset_bits <= 25);
+        assert!(layout.fingerprint_mask >= 0x7F);
+        assert!(DEDUP_WINDOW_MAX < layout.offset_mask as u64);
     }
 }

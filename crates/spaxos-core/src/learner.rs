@@ -97,6 +97,15 @@ impl Node {
     /// Delivers every chosen index at the front, in order, and retires it
     /// from memory.
     pub(crate) fn advance_prefix(&mut self) {
+        // Every delivered reqid is looked up in the dedup tables, which are
+        // larger than the CPU cache: load their slots for the whole run
+        // first, so the misses overlap instead of stalling one by one.
+        self.recent.warm(
+            self.instances
+                .iter()
+                .take_while(|i| i.chosen)
+                .filter_map(|i| i.value.as_ref().and_then(Value::reqid)),
+        );
         let mut advanced = false;
         while self.instances.front().is_some_and(|i| i.chosen) {
             let inst = self.instances.pop_front().expect("front checked");

@@ -18,6 +18,7 @@ pub mod ready;
 pub mod types;
 
 pub use config::{ConfigError, CoreConfig};
+pub use dedup::DEDUP_WINDOW_MAX;
 pub use message::{Body, Message, PromiseEntry};
 pub use node::{Node, NodeStatus, ProposeError, Role};
 pub use ready::{ReadRequest, Ready};

@@ -253,7 +253,8 @@ impl Node {
             base,
             instances: VecDeque::new(),
             max_index: recovered.chosen_through,
-            recent: RecentReqids::new(cfg.dedup_window),
+            // The seed only spreads the table; answers never depend on it.
+            recent: RecentReqids::new(cfg.dedup_window, cfg.rng_seed ^ cfg.id.rotate_left(32)),
             duplicates_suppressed: 0,
             role: RoleState::Follower,
             leader: None,

@@ -270,6 +270,8 @@ pub enum ConfigError {
     FrameTooLarge { frame: usize },
     #[error("reconnect_backoff_max_ms ({max}) must be at least reconnect_backoff_min_ms ({min})")]
     BackoffRange { min: u64, max: u64 },
+    #[error("dedup_window ({window}) must be at most {max}", max = spaxos_core::DEDUP_WINDOW_MAX)]
+    DedupWindowTooLarge { window: u64 },
 }
 
 /// Every mistake found by [`Config::validate`] (never empty); displays one
@@ -487,6 +489,11 @@ impl Config {
             if value == 0 {
                 errors.push(ConfigError::Zero { field });
             }
+        }
+        if self.dedup_window > spaxos_core::DEDUP_WINDOW_MAX {
+            errors.push(ConfigError::DedupWindowTooLarge {
+                window: self.dedup_window,
+            });
         }
         let needed = self
             .batch_bytes_max

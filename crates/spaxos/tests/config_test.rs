@@ -246,6 +246,18 @@ fn frame_limits() {
 }
 
 #[test]
+fn dedup_window_limit() {
+    let mut config = seed();
+    config.dedup_window = spaxos_core::DEDUP_WINDOW_MAX;
+    assert!(errors(&config).is_empty());
+    config.dedup_window = spaxos_core::DEDUP_WINDOW_MAX + 1;
+    assert_eq!(
+        errors(&config),
+        vec!["dedup_window (16777217) must be at most 16777216"]
+    );
+}
+
+#[test]
 fn backoff_range() {
     let mut config = seed();
     config.reconnect_backoff_min_ms = 500;
