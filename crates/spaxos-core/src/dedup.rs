@@ -22,6 +22,10 @@ use crate::types::{Index, ReqId};
 /// most 25 bits of a slot, leaving at least 7 for the fingerprint.
 pub const DEDUP_WINDOW_MAX: u64 = 1 << 24;
 
+/// Generations up to this span are faulted in when created (8 MiB per
+/// node at most).
+const PREFAULT_SPAN_MAX: u64 = 1 << 18;
+
 /// One generation: the reqids chosen at `first..first + span`.
 struct Generation {
     /// `ring[offset]` is the reqid chosen at `first + offset`; only offsets
@@ -87,12 +91,20 @@ impl Layout {
 
 impl Generation {
     fn new(layout: &Layout) -> Generation {
-        Generation {
-            // Zeroed allocations: pages are only touched once used.
+        let mut generation = Generation {
             ring: vec![0; layout.span as usize],
             table: vec![0; layout.slot_mask + 1],
             used: 0,
+        };
+        // A zeroed allocation is mapped lazily: the first window of
+        // proposals would take its page faults on the hot path. Windows up
+        // to the default's size are faulted in now; larger ones, which may
+        // be mostly unused, as they fill.
+        if layout.span <= PREFAULT_SPAN_MAX {
+            generation.ring.fill(0);
+            generation.table.fill(0);
         }
+        generation
     }
 
     /// Looks `reqid` up from its home `slot`.
