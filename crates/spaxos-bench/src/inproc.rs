@@ -140,6 +140,7 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
     // network path produces them (one allocation per ~1 MiB of values, not
     // two per value).
     let mut buffer = BytesMut::new();
+    let mut batch = Vec::new();
     let (mut proposed, mut chosen, mut rounds) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     while chosen < args.n {
@@ -154,9 +155,12 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
                 value: buffer.split().freeze(),
             };
             proposed_at[proposed as usize] = Some(Instant::now());
-            cluster.nodes[0]
-                .propose(value)
-                .map_err(|e| format!("propose: {e}"))?;
+            batch.push(value);
+        }
+        // The round's new proposals go in as one batch (see
+        // `Node::propose_batch`), as the runtime hands over a round's worth.
+        for result in cluster.nodes[0].propose_batch(std::mem::take(&mut batch)) {
+            result.map_err(|e| format!("propose: {e}"))?;
         }
         cluster.round(&mut outcomes);
         rounds += 1;
