@@ -661,3 +661,54 @@ fn leader_keeps_at_most_inflight_max_instances_and_queues_the_rest() {
     );
     assert_eq!(leader.pending_proposal(3), Some((Some(3), false)));
 }
+
+#[test]
+fn propose_batch_is_propose_for_each_value_in_order() {
+    let setup = || {
+        let mut c = passive_cfg(2);
+        c.value_bytes_max = 4;
+        let mut node = Node::new(c).unwrap();
+        // Reqid 5 is already in the log: its proposal is answered at once.
+        node.step(msg(
+            1,
+            2,
+            Body::Learn {
+                entries: vec![(1, one(5, "a"))],
+            },
+        ));
+        node.ready();
+        node
+    };
+    let values = vec![
+        one(7, "x"),
+        one(7, "y"),
+        one(0, "z"),
+        one(5, "a"),
+        one(8, "12345"),
+        Value::Noop,
+        one(9, "w"),
+    ];
+    let mut single = setup();
+    let expected: Vec<_> = values.iter().map(|v| single.propose(v.clone())).collect();
+    let mut batched = setup();
+    assert_eq!(batched.propose_batch(values), expected);
+    assert_eq!(
+        expected,
+        vec![
+            Ok(()),
+            Err(ProposeError::Duplicate(7)),
+            Err(ProposeError::ZeroReqId),
+            Ok(()),
+            Err(ProposeError::TooLarge { size: 5, max: 4 }),
+            Err(ProposeError::Noop),
+            Ok(()),
+        ]
+    );
+    let (a, b) = (single.ready(), batched.ready());
+    assert_eq!(a.outcomes, vec![(5, Outcome::Chosen { index: 1 })]);
+    assert_eq!(a.outcomes, b.outcomes);
+    assert_eq!(a.records, b.records);
+    assert_eq!(a.messages, b.messages);
+    assert_eq!(a.messages_now, b.messages_now);
+    assert_eq!(single.status(), batched.status());
+}
