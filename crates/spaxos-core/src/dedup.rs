@@ -15,6 +15,11 @@
 //! fingerprint is confirmed against the ring, so answers are exact. The
 //! table is half full at most (4 bytes per slot: 8 bytes per entry, a
 //! quarter of a general-purpose hash map of `(reqid, index)`).
+//!
+//! Every insert must also ask the previous generation, and almost always
+//! the answer is no: each generation keeps a small Bloom filter (16 bits per
+//! entry, blocked into one 64-bit word per reqid, ~0.5 % false positives) that
+//! usually settles that from the L2 cache without touching its table.
 
 use crate::types::{Index, ReqId};
 
@@ -22,7 +27,7 @@ use crate::types::{Index, ReqId};
 /// most 25 bits of a slot, leaving at least 7 for the fingerprint.
 pub const DEDUP_WINDOW_MAX: u64 = 1 << 24;
 
-/// Generations up to this span are faulted in when created (8 MiB per
+/// Generations up to this span are faulted in when created (9 MiB per
 /// node at most).
 const PREFAULT_SPAN_MAX: u64 = 1 << 18;
 
@@ -33,8 +38,19 @@ struct Generation {
     ring: Vec<ReqId>,
     /// 0 = empty, else `fingerprint << offset_bits | (offset + 1)`.
     table: Vec<u32>,
+    /// Bloom filter of the reqids in `table`: never a false "absent".
+    filter: Vec<u64>,
     /// Slots in use (the table is cleared, not shrunk, on rotation).
     used: usize,
+}
+
+/// Where a reqid goes: its home slot, fingerprint and filter bits.
+#[derive(Clone, Copy)]
+struct Place {
+    slot: usize,
+    fingerprint: u32,
+    word: usize,
+    bits: u64,
 }
 
 /// Where a lookup in one generation ended.
@@ -52,6 +68,7 @@ struct Layout {
     offset_mask: u32,
     fingerprint_mask: u32,
     slot_mask: usize,
+    filter_mask: usize,
     seed: u64,
 }
 
@@ -70,6 +87,8 @@ impl Layout {
             offset_mask: ((1u64 << offset_bits) - 1) as u32,
             fingerprint_mask: (u32::MAX as u64 >> offset_bits) as u32,
             slot_mask: slots - 1,
+            // One 64-bit word per four entries.
+            filter_mask: (span / 4).next_power_of_two().max(1) as usize - 1,
             seed,
         }
     }
@@ -77,15 +96,24 @@ impl Layout {
     /// Home slot and fingerprint of `reqid` (a full 64-bit mix: reqids are
     /// often sequential, and a node-specific seed keeps chosen reqids from
     /// piling into one run of slots).
-    fn place(&self, reqid: ReqId) -> (usize, u32) {
+    fn place(&self, reqid: ReqId) -> Place {
         let mut h = reqid ^ self.seed;
         h = (h ^ (h >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
         h = (h ^ (h >> 33)).wrapping_mul(0xC4CE_B9FE_1A85_EC53);
         h ^= h >> 33;
-        (
-            (h as usize) & self.slot_mask,
-            (h >> 40) as u32 & self.fingerprint_mask,
-        )
+        // The filter's word and bits come from a second mix, independent
+        // of the slot (reqids sharing a slot must not share filter bits).
+        let g = (h ^ self.seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let bits = (1u64 << (g >> 58))
+            | (1 << ((g >> 52) & 63))
+            | (1 << ((g >> 46) & 63))
+            | (1 << ((g >> 40) & 63));
+        Place {
+            slot: (h as usize) & self.slot_mask,
+            fingerprint: (h >> 40) as u32 & self.fingerprint_mask,
+            word: (g as usize) & self.filter_mask,
+            bits,
+        }
     }
 }
 
@@ -94,6 +122,7 @@ impl Generation {
         let mut generation = Generation {
             ring: vec![0; layout.span as usize],
             table: vec![0; layout.slot_mask + 1],
+            filter: vec![0; layout.filter_mask + 1],
             used: 0,
         };
         // A zeroed allocation is mapped lazily: the first window of
@@ -103,12 +132,19 @@ impl Generation {
         if layout.span <= PREFAULT_SPAN_MAX {
             generation.ring.fill(0);
             generation.table.fill(0);
+            generation.filter.fill(0);
         }
         generation
     }
 
-    /// Looks `reqid` up from its home `slot`.
-    fn probe(&self, layout: &Layout, reqid: ReqId, mut slot: usize, fingerprint: u32) -> Probe {
+    /// False only if `reqid` is certainly not in this generation.
+    fn might_hold(&self, place: &Place) -> bool {
+        self.filter[place.word] & place.bits == place.bits
+    }
+
+    /// Looks `reqid` up from its home slot.
+    fn probe(&self, layout: &Layout, reqid: ReqId, place: &Place) -> Probe {
+        let (mut slot, fingerprint) = (place.slot, place.fingerprint);
         loop {
             let entry = self.table[slot];
             if entry == 0 {
@@ -124,17 +160,19 @@ impl Generation {
         }
     }
 
-    fn put(&mut self, layout: &Layout, slot: usize, fingerprint: u32, reqid: ReqId, offset: u64) {
+    fn put(&mut self, layout: &Layout, slot: usize, place: &Place, reqid: ReqId, offset: u64) {
         // At most `span` entries in `2 * span` slots: probing always ends.
         assert!(self.used < layout.slot_mask, "dedup generation overfull");
         self.ring[offset as usize] = reqid;
-        self.table[slot] = fingerprint << layout.offset_bits | (offset as u32 + 1);
+        self.table[slot] = place.fingerprint << layout.offset_bits | (offset as u32 + 1);
+        self.filter[place.word] |= place.bits;
         self.used += 1;
     }
 
     fn clear(&mut self) {
         if self.used > 0 {
             self.table.iter_mut().for_each(|slot| *slot = 0);
+            self.filter.iter_mut().for_each(|word| *word = 0);
             self.used = 0;
         }
     }
@@ -167,42 +205,46 @@ impl RecentReqids {
 
     /// Where `reqid` was chosen, if within the window.
     pub fn get(&self, reqid: ReqId) -> Option<Index> {
-        let (slot, fingerprint) = self.layout.place(reqid);
-        // Both home slots are read before either is judged, so the two
-        // (usually missing) cache lines load in parallel.
-        let (current, previous) = (self.current.table[slot], self.previous.table[slot]);
+        let place = self.layout.place(reqid);
+        // Both generations' first words are read before either is judged,
+        // so a miss on each loads in parallel.
+        let (current, previous_maybe) = (
+            self.current.table[place.slot],
+            self.previous.might_hold(&place),
+        );
         if current != 0 {
-            if let Probe::Found(offset) = self.current.probe(&self.layout, reqid, slot, fingerprint)
-            {
+            if let Probe::Found(offset) = self.current.probe(&self.layout, reqid, &place) {
                 return Some(self.first_index(self.generation) + offset);
             }
         }
-        if previous != 0 {
-            return self.previous_get(reqid, slot, fingerprint);
+        if previous_maybe {
+            return self.previous_get(reqid, &place);
         }
         None
     }
 
-    fn previous_get(&self, reqid: ReqId, slot: usize, fingerprint: u32) -> Option<Index> {
-        if self.generation == 0 || self.previous.used == 0 {
+    fn previous_get(&self, reqid: ReqId, place: &Place) -> Option<Index> {
+        if self.generation == 0 || self.previous.used == 0 || !self.previous.might_hold(place) {
             return None;
         }
-        match self.previous.probe(&self.layout, reqid, slot, fingerprint) {
+        match self.previous.probe(&self.layout, reqid, place) {
             Probe::Found(offset) => Some(self.first_index(self.generation - 1) + offset),
             Probe::Vacant(_) => None,
         }
     }
 
-    /// Brings the table slots `reqids` will probe into the cache. The loads
-    /// are independent, so the CPU overlaps their misses; calling `insert`
-    /// for each afterwards then mostly hits the cache. Answers nothing.
+    /// Brings what `insert` will read for `reqids` into the cache: the
+    /// current table's slots and the previous generation's filter words.
+    /// The loads are independent, so the CPU overlaps their misses; calling
+    /// `insert` for each afterwards then mostly hits the cache. Answers
+    /// nothing.
     pub fn warm(&self, reqids: impl Iterator<Item = ReqId>) {
-        let mut sum = 0u32;
+        let mut sum = 0u64;
         for reqid in reqids {
-            let (slot, _) = self.layout.place(reqid);
+            let place = self.layout.place(reqid);
             sum = sum
-                .wrapping_add(self.current.table[slot])
-                .wrapping_add(self.previous.table[slot]);
+                .wrapping_add(self.current.table[place.slot] as u64)
+                .wrapping_add(self.previous.filter[place.word]);
         }
         std::hint::black_box(sum);
     }
@@ -227,17 +269,16 @@ impl RecentReqids {
             }
             self.generation = generation;
         }
-        let (home, fingerprint) = self.layout.place(reqid);
-        let slot = match self.current.probe(&self.layout, reqid, home, fingerprint) {
+        let place = self.layout.place(reqid);
+        let slot = match self.current.probe(&self.layout, reqid, &place) {
             Probe::Found(offset) => return Some(self.first_index(generation) + offset),
             Probe::Vacant(slot) => slot,
         };
-        if let Some(earlier) = self.previous_get(reqid, home, fingerprint) {
+        if let Some(earlier) = self.previous_get(reqid, &place) {
             return Some(earlier);
         }
         let offset = index - self.first_index(generation);
-        self.current
-            .put(&self.layout, slot, fingerprint, reqid, offset);
+        self.current.put(&self.layout, slot, &place, reqid, offset);
         None
     }
 }
@@ -321,6 +362,34 @@ mod tests {
             assert_eq!(recent.get(reqid), Some(n as u64 + 1));
             assert_eq!(recent.get(reqid + 1), None);
         }
+    }
+
+    /// The filter in front of the previous generation must rarely send a
+    /// lookup on to its table (that is its whole point) and never miss.
+    #[test]
+    fn previous_generation_filter_is_selective() {
+        let span = 1 << 16;
+        let layout = Layout::new(span, 3);
+        let mut generation = Generation::new(&layout);
+        for offset in 0..span {
+            let reqid = offset * 7 + 1;
+            let place = layout.place(reqid);
+            let Probe::Vacant(slot) = generation.probe(&layout, reqid, &place) else {
+                panic!("{reqid} inserted twice");
+            };
+            generation.put(&layout, slot, &place, reqid, offset);
+        }
+        for offset in 0..span {
+            assert!(generation.might_hold(&layout.place(offset * 7 + 1)));
+        }
+        let strangers = 100_000u64;
+        let false_positives = (0..strangers)
+            .filter(|n| generation.might_hold(&layout.place(n * 7 + 2)))
+            .count() as u64;
+        assert!(
+            false_positives * 100 < strangers * 3,
+            "{false_positives} of {strangers} strangers pass the filter"
+        );
     }
 
     #[test]
