@@ -390,7 +390,7 @@ impl Node {
         }
         for ((to, _), entries) in peers.into_iter().zip(per_peer) {
             if !entries.is_empty() {
-                self.broadcast_accepts(ballot, &entries, Some(to));
+                self.broadcast_accepts(ballot, entries, Some(to));
             }
         }
     }

@@ -735,13 +735,13 @@ impl Node {
                 RoleState::Leader(l) => Some(l.ballot),
                 _ => None,
             };
-            // Keep the batch's capacity for the next round.
-            let mut entries = std::mem::take(&mut self.accept_batch);
+            // The batch moves into the messages (one copy fewer per
+            // entry); the next round's starts at this one's size.
+            let size = self.accept_batch.len();
+            let entries = std::mem::replace(&mut self.accept_batch, Vec::with_capacity(size));
             if let Some(ballot) = ballot {
-                self.broadcast_accepts(ballot, &entries, None);
+                self.broadcast_accepts(ballot, entries, None);
             }
-            entries.clear();
-            self.accept_batch = entries;
         }
         if !self.self_accepted.is_empty() {
             if let RoleState::Leader(l) = &self.role {
@@ -775,7 +775,7 @@ impl Node {
     pub(crate) fn broadcast_accepts(
         &mut self,
         ballot: Ballot,
-        entries: &[(Index, Value)],
+        entries: Vec<(Index, Value)>,
         only_to: Option<NodeId>,
     ) {
         let chosen_through = self.base - 1;
@@ -800,16 +800,22 @@ impl Node {
             Some(to) => vec![to],
             None => self.peers().collect(),
         };
+        let accept = |entries| Body::Accept {
+            ballot,
+            entries,
+            chosen_through,
+        };
+        if let ([_], Some((&last, others))) = (chunks.as_slice(), targets.split_last()) {
+            // The common case, one run: the last peer takes the batch itself.
+            for &to in others {
+                self.send_now(to, accept(entries.clone()));
+            }
+            self.send_now(last, accept(entries));
+            return;
+        }
         for chunk in chunks {
             for &to in &targets {
-                self.send_now(
-                    to,
-                    Body::Accept {
-                        ballot,
-                        entries: entries[chunk.clone()].to_vec(),
-                        chosen_through,
-                    },
-                );
+                self.send_now(to, accept(entries[chunk.clone()].to_vec()));
             }
         }
     }
