@@ -109,8 +109,13 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
     if args.nodes == 0 || args.window == 0 {
         return Err("--nodes and --window must be positive".into());
     }
-    if args.dedup_window == Some(0) {
-        return Err("--dedup-window must be positive".into());
+    if let Some(window) = args.dedup_window {
+        if window == 0 || window > spaxos_core::DEDUP_WINDOW_MAX {
+            return Err(format!(
+                "--dedup-window must be in 1..={}",
+                spaxos_core::DEDUP_WINDOW_MAX
+            ));
+        }
     }
     let mut cluster = Cluster::new(args.nodes, args.window, args.dedup_window);
     let mut outcomes = Vec::new();
@@ -162,7 +167,8 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
             batch.push(value);
         }
         // The round's new proposals go in as one batch (see
-        // `Node::propose_batch`), as the runtime hands over a round's worth.
+        // `Node::propose_batch`), as the runtime's state machine hands over
+        // the proposals it takes in one round.
         for result in cluster.nodes[0].propose_batch(std::mem::take(&mut batch)) {
             result.map_err(|e| format!("propose: {e}"))?;
         }

@@ -3,7 +3,8 @@
 //!
 //! One round: block for one input (a storage event, a peer message, an API
 //! command, a tick or the stop signal), take whatever else is already queued
-//! (at most [`ROUND_INPUTS_MAX`]), then drain the core's `Ready` into one
+//! (at most [`ROUND_INPUTS_MAX`]; consecutive proposals reach the core as one
+//! `propose_batch`), then drain the core's `Ready` into one
 //! job for the storage thread. The only place it waits is handing that job
 //! over when the storage queue is full: that is the backpressure that reaches
 //! proposers when the disk is slow.
@@ -13,7 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{select, Receiver, Select, Sender, TryRecvError, TrySendError};
-use spaxos_core::{ChosenItem, CoreConfig, Index, Message, Node, NodeId, Outcome, ReqId, Role};
+use spaxos_core::{
+    ChosenItem, CoreConfig, Index, Message, Node, NodeId, Outcome, ReqId, Role, Value,
+};
 use tracing::{debug, error, info, warn};
 
 use super::error::{Error, ProposalError};
@@ -45,6 +48,9 @@ pub(crate) struct StateMachine {
     pub ticks: Receiver<Instant>,
     pub storage: Sender<StorageInput>,
     pub proposals: HashMap<ReqId, ProposalReply>,
+    /// Proposals taken this round, handed to the core together (see
+    /// `propose_batched`).
+    batched: Vec<(Value, ProposalReply)>,
     subscribers: Vec<Sender<ChosenItem>>,
     ordered: Vec<OrderedSubscriber>,
     /// Highest index handed to subscribers. A rebuilt core delivers again
@@ -104,6 +110,7 @@ impl StateMachine {
             ticks: parts.ticks,
             storage: parts.storage,
             proposals: HashMap::new(),
+            batched: Vec::new(),
             subscribers: Vec::new(),
             ordered: Vec::new(),
             stashed_events: VecDeque::new(),
@@ -133,6 +140,7 @@ impl StateMachine {
                 flow = self.handle(input);
                 taken += 1;
             }
+            self.propose_batched();
             if self.flush_ready() == Flow::Stop {
                 flow = Flow::Stop;
             }
@@ -196,6 +204,13 @@ impl StateMachine {
     }
 
     fn handle(&mut self, input: Input) -> Flow {
+        if let Input::Command(Command::Propose { value, reply }) = input {
+            self.batched.push((value, reply));
+            return Flow::Continue;
+        }
+        // Anything else sees the proposals taken before it (same order as
+        // handling each at once).
+        self.propose_batched();
         match input {
             Input::Event(event) => return self.on_storage_event(event),
             Input::Message(msg) => self.node.step(msg),
@@ -206,18 +221,33 @@ impl StateMachine {
         Flow::Continue
     }
 
+    /// Hands the proposals taken so far to the core as one batch
+    /// (`Node::propose_batch`: the same as one by one, with the duplicate
+    /// window's cache misses overlapped).
+    fn propose_batched(&mut self) {
+        if self.batched.is_empty() {
+            return;
+        }
+        let (values, replies): (Vec<Value>, Vec<ProposalReply>) = self.batched.drain(..).unzip();
+        let reqids: Vec<ReqId> = values.iter().map(|v| v.reqid().unwrap_or(0)).collect();
+        let results = self.node.propose_batch(values);
+        for ((result, reply), reqid) in results.into_iter().zip(replies).zip(reqids) {
+            match result {
+                // The core refuses a reqid already pending, so the slot is
+                // free.
+                Ok(()) => {
+                    self.proposals.insert(reqid, reply);
+                }
+                Err(refused) => reply.send(Err(ProposalError::Rejected(refused))),
+            }
+        }
+    }
+
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Propose { value, reply } => {
-                let reqid = value.reqid().unwrap_or(0);
-                match self.node.propose(value) {
-                    Ok(()) => {
-                        // The core refuses a reqid already pending, so the
-                        // slot is free.
-                        self.proposals.insert(reqid, reply);
-                    }
-                    Err(refused) => reply.send(Err(ProposalError::Rejected(refused))),
-                }
+                self.batched.push((value, reply));
+                self.propose_batched();
             }
             Command::Subscribe { items } => self.subscribers.push(items),
             Command::SubscribeOrdered {
