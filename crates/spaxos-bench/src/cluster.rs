@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use spaxos::{Config, Outcome, Role, Spaxos};
+use spaxos::{Config, Metrics, Outcome, Role, Spaxos};
 
 use crate::digest::Digest;
 
@@ -155,6 +155,35 @@ fn start_cluster(dir: &Path, args: &ClusterArgs) -> Result<Vec<Spaxos>, String> 
     Ok(nodes)
 }
 
+/// Work the nodes did during the load (metrics after minus before).
+struct Cost {
+    leader_rounds: u64,
+    storage_writes: u64,
+    records_written: u64,
+    frames_sent: u64,
+    write_batches: u64,
+}
+
+impl Cost {
+    fn measure(nodes: &[Spaxos], before: &[Metrics], leader: usize) -> Cost {
+        let after: Vec<Metrics> = nodes.iter().map(|n| n.metrics()).collect();
+        let sum = |field: fn(&Metrics) -> u64| -> u64 {
+            after
+                .iter()
+                .zip(before)
+                .map(|(a, b)| field(a).saturating_sub(field(b)))
+                .sum()
+        };
+        Cost {
+            leader_rounds: after[leader].rounds.saturating_sub(before[leader].rounds),
+            storage_writes: sum(|m| m.storage_writes),
+            records_written: sum(|m| m.records_written),
+            frames_sent: sum(|m| m.transport.frames_sent),
+            write_batches: sum(|m| m.transport.write_batches),
+        }
+    }
+}
+
 fn wait_for_leader(nodes: &[Spaxos], timeout: Duration) -> Result<usize, String> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -214,6 +243,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
     } else {
         args.n
     };
+    let metrics_before: Vec<Metrics> = nodes.iter().map(|n| n.metrics()).collect();
     let start = Instant::now();
     let mut threads = Vec::new();
     for client in 0..args.clients {
@@ -300,6 +330,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
     }
     let secs = start.elapsed().as_secs_f64();
     let rss_end_kib = rss_kib();
+    let cost = Cost::measure(&nodes, &metrics_before, leader);
     let ok = chosen.load(Ordering::Relaxed);
     // Verify: every node delivers the same log through the highest index.
     let through = max_index.load(Ordering::Relaxed);
@@ -352,6 +383,13 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         "rss_end_kib": rss_end_kib,
         "checkpointed_through": checkpointed,
         "replicas_agree": agree,
+        // What the run cost, per chosen proposal (all nodes unless named):
+        // how well group commit, rounds and frame coalescing batch.
+        "leader_rounds_per_op": cost.leader_rounds as f64 / ok.max(1) as f64,
+        "storage_writes_per_op": cost.storage_writes as f64 / ok.max(1) as f64,
+        "records_per_write": cost.records_written as f64 / cost.storage_writes.max(1) as f64,
+        "frames_per_op": cost.frames_sent as f64 / ok.max(1) as f64,
+        "socket_writes_per_op": cost.write_batches as f64 / ok.max(1) as f64,
     });
     println!("{line}");
     for node in nodes.iter() {

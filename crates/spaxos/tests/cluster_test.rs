@@ -225,6 +225,25 @@ fn proposals_from_every_node_are_chosen_and_streams_agree() {
     let (&reqid, &index) = chosen.iter().next().expect("one proposal");
     let value = cluster.node(2).get(index).expect("get");
     assert_eq!(value.and_then(|v| v.reqid()), Some(reqid));
+    // Every node counted its share of the work: 120 proposals each, rounds,
+    // durable writes of the accepted entries, frames to its peers.
+    for id in 1..=3 {
+        let m = cluster.node(id).metrics();
+        assert_eq!(m.proposals, 120, "node {id}: {m:?}");
+        assert!(m.rounds > 0 && m.storage_writes > 0, "node {id}: {m:?}");
+        assert!(
+            m.records_written >= last,
+            "node {id} wrote fewer records than entries: {m:?}"
+        );
+        assert!(
+            m.transport.frames_sent > 0 && m.transport.write_batches > 0,
+            "node {id}: {m:?}"
+        );
+        assert!(
+            m.transport.write_batches <= m.transport.frames_sent,
+            "node {id}: {m:?}"
+        );
+    }
     eprintln!("streams agree on {last} indices in {:?}", started.elapsed());
 }
 

@@ -38,7 +38,7 @@ use tracing::{info, info_span, warn};
 
 pub use error::{Error, ProposalError, ProposeError, StartError, StreamError};
 pub use ordered::OrderedStream;
-pub use status::Status;
+pub use status::{Metrics, Status};
 pub use storage_thread::ReopenStorage;
 
 use crate::config::Config;
@@ -445,6 +445,21 @@ impl Spaxos {
                 failure,
             },
         }
+    }
+
+    /// Counters of this node since it started (never waits).
+    ///
+    /// ```no_run
+    /// # fn show(node: &spaxos::Spaxos) {
+    /// let m = node.metrics();
+    /// println!("{} writes for {} records", m.storage_writes, m.records_written);
+    /// # }
+    /// ```
+    pub fn metrics(&self) -> Metrics {
+        self.inner
+            .shared
+            .counters
+            .snapshot(self.inner.transport.stats())
     }
 
     /// The application has checkpointed its state through `index`: storage

@@ -21,7 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use super::error::{Error, ProposalError};
 use super::queues::{Command, Job, ProposalReply, StorageEvent, StorageInput, ROUND_INPUTS_MAX};
-use super::status::Shared;
+use super::status::{Counters, Shared};
 use crate::transport::TransportHandle;
 
 /// An ordered subscriber gets exactly the items `next, next + 1, ...`; one it
@@ -141,6 +141,7 @@ impl StateMachine {
                 taken += 1;
             }
             self.propose_batched();
+            Counters::add(&self.shared.counters.rounds, 1);
             if self.flush_ready() == Flow::Stop {
                 flow = Flow::Stop;
             }
@@ -228,6 +229,7 @@ impl StateMachine {
         if self.batched.is_empty() {
             return;
         }
+        Counters::add(&self.shared.counters.proposals, self.batched.len() as u64);
         let (values, replies): (Vec<Value>, Vec<ProposalReply>) = self.batched.drain(..).unzip();
         let reqids: Vec<ReqId> = values.iter().map(|v| v.reqid().unwrap_or(0)).collect();
         let results = self.node.propose_batch(values);

@@ -1,6 +1,6 @@
 //! [`Status`], and the state the threads share with the API handle.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use spaxos_core::{Index, NodeId, NodeStatus, Role};
@@ -29,6 +29,50 @@ pub struct Status {
     pub failure: Option<String>,
 }
 
+/// Counters of one node since it started, from [`crate::Spaxos::metrics`]:
+/// what its work cost, for benchmarks and monitoring. Ratios to chosen
+/// entries show how well it batches (e.g. `storage_writes` per entry).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Rounds of the state-machine thread (one `Node::ready` drain each).
+    pub rounds: u64,
+    /// Proposals handed to the core.
+    pub proposals: u64,
+    /// Storage writes, each one durable batch (one `fdatasync` on disk).
+    pub storage_writes: u64,
+    /// Records in those writes.
+    pub records_written: u64,
+    /// The transport's counters (frames, bytes, write calls, drops,
+    /// connections).
+    pub transport: crate::TransportStats,
+}
+
+/// The SMT's and ST's share of [`Metrics`], bumped by them.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub rounds: AtomicU64,
+    pub proposals: AtomicU64,
+    pub storage_writes: AtomicU64,
+    pub records_written: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        // Statistics only: no ordering with anything else.
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self, transport: crate::TransportStats) -> Metrics {
+        Metrics {
+            rounds: self.rounds.load(Ordering::Relaxed),
+            proposals: self.proposals.load(Ordering::Relaxed),
+            storage_writes: self.storage_writes.load(Ordering::Relaxed),
+            records_written: self.records_written.load(Ordering::Relaxed),
+            transport,
+        }
+    }
+}
+
 /// What the SMT publishes after each round (so `status()` never waits
 /// behind the command queue) and the reason the node stopped, if it did.
 #[derive(Default)]
@@ -37,6 +81,7 @@ pub(crate) struct Shared {
     failure: Mutex<Option<String>>,
     /// `failure.is_some()`, readable without the lock on every proposal.
     failed: AtomicBool,
+    pub counters: Counters,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

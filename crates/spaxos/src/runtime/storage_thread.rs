@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use super::error::Error;
 use super::queues::{Job, StorageEvent, StorageInput, GROUP_COMMIT_INPUTS_MAX};
-use super::status::Shared;
+use super::status::{Counters, Shared};
 use crate::transport::TransportHandle;
 
 /// Reopens the node's storage after a failed write (a fresh handle re-reads
@@ -129,6 +129,9 @@ impl StorageThread {
                 return;
             }
             self.failed_writes_in_a_row = 0;
+            let counters = &self.shared.counters;
+            Counters::add(&counters.storage_writes, 1);
+            Counters::add(&counters.records_written, records.len() as u64);
         }
         let mut to_self: Vec<Message> = Vec::new();
         for job in jobs.drain(..) {
