@@ -2,14 +2,19 @@
 //! `Learn` messages and catch-up; then delivering the contiguous prefix in
 //! index order with duplicate suppression, outcomes and retirement.
 
+use std::collections::VecDeque;
+
 use rand::Rng;
 
 use crate::message::Body;
-use crate::node::{Node, RoleState};
+use crate::node::{Instance, Node, RoleState};
 use crate::ready::ReadRequest;
 use crate::types::{
     Ballot, ChosenItem, Index, InstanceState, NodeId, Outcome, Record, ReqId, Value,
 };
+
+/// How many entries ahead `advance_prefix` prefetches dedup slots.
+const DEDUP_PREFETCH_AHEAD: usize = 16;
 
 impl Node {
     /// `value` is chosen at `index` (learned from a peer or a quorum).
@@ -98,16 +103,26 @@ impl Node {
     /// from memory.
     pub(crate) fn advance_prefix(&mut self) {
         // Every delivered reqid is looked up in the dedup tables, which are
-        // larger than the CPU cache: load their slots for the whole run
-        // first, so the misses overlap instead of stalling one by one.
+        // larger than the CPU cache: their slots are prefetched a fixed
+        // distance ahead, so the misses overlap and the lines are still in
+        // L1 when their entry comes.
+        let reqid_at = |instances: &VecDeque<Instance>, at: usize| {
+            instances
+                .get(at)
+                .filter(|i| i.chosen)
+                .and_then(|i| i.value.as_ref().and_then(Value::reqid))
+        };
         self.recent.warm(
             self.instances
                 .iter()
+                .take(DEDUP_PREFETCH_AHEAD)
                 .take_while(|i| i.chosen)
                 .filter_map(|i| i.value.as_ref().and_then(Value::reqid)),
         );
         let mut advanced = false;
         while self.instances.front().is_some_and(|i| i.chosen) {
+            self.recent
+                .warm(reqid_at(&self.instances, DEDUP_PREFETCH_AHEAD).into_iter());
             let inst = self.instances.pop_front().expect("front checked");
             let index = self.base;
             self.base += 1;
