@@ -227,25 +227,16 @@ impl RecentReqids {
     /// Where `reqid` was chosen, if within the window.
     pub fn get(&self, reqid: ReqId) -> Option<Index> {
         let place = self.layout.place(reqid);
-        // Both generations' first words are read before either is judged,
-        // so a miss on each loads in parallel.
-        let (current, previous_maybe) = (
-            self.current.table[place.slot],
-            self.previous.might_hold(&place),
-        );
-        if current != 0 {
-            if let Probe::Found(offset) = self.current.probe(&self.layout, reqid, &place) {
-                return Some(self.first_index(self.generation) + offset);
-            }
+        if let Probe::Found(offset) = self.current.probe(&self.layout, reqid, &place) {
+            return Some(self.first_index(self.generation) + offset);
         }
-        if previous_maybe {
-            return self.previous_get(reqid, &place);
-        }
-        None
+        self.previous_get(reqid, &place)
     }
 
+    /// The previous generation's answer. Its filter is empty while it holds
+    /// nothing (generation 0, or after a jump), so it is asked first.
     fn previous_get(&self, reqid: ReqId, place: &Place) -> Option<Index> {
-        if self.generation == 0 || self.previous.used == 0 || !self.previous.might_hold(place) {
+        if !self.previous.might_hold(place) {
             return None;
         }
         match self.previous.probe(&self.layout, reqid, place) {
@@ -254,11 +245,10 @@ impl RecentReqids {
         }
     }
 
-    /// Brings what `insert` will read for `reqids` into the cache: the
-    /// current table's slots and the previous generation's filter words.
-    /// The loads are independent, so the CPU overlaps their misses; calling
-    /// `insert` for each afterwards then mostly hits the cache. Answers
-    /// nothing.
+    /// Prefetches what `insert` and `get` will read for `reqids`: the
+    /// current table's slots and the previous generation's filter words,
+    /// so their misses overlap; the lookups afterwards then mostly hit the
+    /// cache. Answers nothing.
     pub fn warm(&self, reqids: impl Iterator<Item = ReqId>) {
         for reqid in reqids {
             let place = self.layout.place(reqid);

@@ -38,10 +38,7 @@ impl Node {
         self.reset_election_timer();
         // The prepare to self goes through the same acceptor rules; every
         // prepare waits until `max_round` is durable.
-        let members = self.members.clone();
-        for to in members {
-            self.send(to, Body::PrepareRange { ballot, from_index });
-        }
+        self.send_to_members(Body::PrepareRange { ballot, from_index });
     }
 
     pub(crate) fn on_promise_range(

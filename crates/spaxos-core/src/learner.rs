@@ -112,13 +112,8 @@ impl Node {
                 .filter(|i| i.chosen)
                 .and_then(|i| i.value.as_ref().and_then(Value::reqid))
         };
-        self.recent.warm(
-            self.instances
-                .iter()
-                .take(DEDUP_PREFETCH_AHEAD)
-                .take_while(|i| i.chosen)
-                .filter_map(|i| i.value.as_ref().and_then(Value::reqid)),
-        );
+        self.recent
+            .warm((0..DEDUP_PREFETCH_AHEAD).filter_map(|at| reqid_at(&self.instances, at)));
         let mut advanced = false;
         while self.instances.front().is_some_and(|i| i.chosen) {
             self.recent

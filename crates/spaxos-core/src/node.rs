@@ -658,6 +658,13 @@ impl Node {
         self.out.messages.push(msg);
     }
 
+    /// `body` to every member, this node included, through `send`.
+    pub(crate) fn send_to_members(&mut self, body: Body) {
+        for slot in 0..self.members.len() {
+            self.send(self.members[slot], body.clone());
+        }
+    }
+
     pub(crate) fn send_now(&mut self, to: NodeId, body: Body) {
         let msg = Message {
             from: self.id,

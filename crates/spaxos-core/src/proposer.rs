@@ -58,10 +58,7 @@ impl Node {
         if fresh {
             self.leaderless_active += 1;
         }
-        let members = self.members.clone();
-        for to in members {
-            self.send(to, Body::Prepare { ballot, index });
-        }
+        self.send_to_members(Body::Prepare { ballot, index });
     }
 
     pub(crate) fn on_promise(

@@ -205,13 +205,11 @@ impl StateMachine {
     }
 
     fn handle(&mut self, input: Input) -> Flow {
-        if let Input::Command(Command::Propose { value, reply }) = input {
-            self.batched.push((value, reply));
-            return Flow::Continue;
+        if !matches!(input, Input::Command(Command::Propose { .. })) {
+            // Anything else sees the proposals taken before it (same order
+            // as handling each at once).
+            self.propose_batched();
         }
-        // Anything else sees the proposals taken before it (same order as
-        // handling each at once).
-        self.propose_batched();
         match input {
             Input::Event(event) => return self.on_storage_event(event),
             Input::Message(msg) => self.node.step(msg),
@@ -247,10 +245,8 @@ impl StateMachine {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Propose { value, reply } => {
-                self.batched.push((value, reply));
-                self.propose_batched();
-            }
+            // Proposed with the rest of the round's (`propose_batched`).
+            Command::Propose { value, reply } => self.batched.push((value, reply)),
             Command::Subscribe { items } => self.subscribers.push(items),
             Command::SubscribeOrdered {
                 from,
