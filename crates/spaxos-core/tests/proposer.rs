@@ -350,6 +350,59 @@ fn hole_below_max_index_is_filled_with_a_noop_after_the_timeout() {
     assert_eq!(ready.messages, prepares);
 }
 
+/// Each hole waits its own timeout from when its index was first heard of:
+/// indices created later are filled a scan later.
+#[test]
+fn holes_created_later_wait_their_own_timeout() {
+    let mut c = passive_cfg(2);
+    c.leaderless_delay_ticks = 3;
+    c.noop_timeout_ticks = 5;
+    // Indices 1 (a hole) and 2 exist from tick 0.
+    let mut node = restore(
+        c,
+        NodeState::default(),
+        vec![accepted(2, b(1, 1), b(1, 1), one(5, "x"))],
+    );
+    let prepared = |ready: &spaxos_core::Ready| -> Vec<u64> {
+        let mut indices: Vec<u64> = ready
+            .messages
+            .iter()
+            .filter_map(|m| match m.body {
+                Body::Prepare { index, .. } => Some(index),
+                _ => None,
+            })
+            .collect();
+        indices.sort_unstable();
+        indices.dedup();
+        indices
+    };
+    let mut first_prepared = std::collections::BTreeMap::new();
+    for tick in 1..=20u64 {
+        node.tick();
+        if tick == 6 {
+            // A single-index prepare for index 4 creates indices 3 and 4 now.
+            node.step(msg(
+                3,
+                2,
+                Body::Prepare {
+                    ballot: b(1, 3),
+                    index: 4,
+                },
+            ));
+        }
+        let ready = node.ready();
+        for index in prepared(&ready) {
+            first_prepared.entry(index).or_insert(tick);
+        }
+    }
+    // Scans run at ticks 3, 8, 13, ...: indices from tick 0 are old enough
+    // at 8, those from tick 6 only at 13 (6 + 5 = 11 > 8).
+    assert_eq!(first_prepared.get(&1), Some(&8));
+    assert_eq!(first_prepared.get(&2), Some(&8));
+    assert_eq!(first_prepared.get(&3), Some(&13));
+    assert_eq!(first_prepared.get(&4), Some(&13));
+}
+
 #[test]
 fn follower_forwards_proposals_to_the_known_leader() {
     let mut follower = Node::new(passive_cfg(2)).unwrap();
