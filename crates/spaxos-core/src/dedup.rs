@@ -203,6 +203,10 @@ pub(crate) struct RecentReqids {
     layout: Layout,
     /// Generation number (`(index - 1) / span`) of `current`.
     generation: u64,
+    /// First index of `current` and of the generation after it: an insert
+    /// compares against these instead of dividing by the span.
+    first: Index,
+    next_first: Index,
     current: Generation,
     previous: Generation,
 }
@@ -214,6 +218,8 @@ impl RecentReqids {
         let layout = Layout::new(window.clamp(1, DEDUP_WINDOW_MAX), seed);
         RecentReqids {
             generation: 0,
+            first: 1,
+            next_first: 1 + layout.span,
             current: Generation::new(&layout),
             previous: Generation::new(&layout),
             layout,
@@ -228,7 +234,7 @@ impl RecentReqids {
     pub fn get(&self, reqid: ReqId) -> Option<Index> {
         let place = self.layout.place(reqid);
         if let Probe::Found(offset) = self.current.probe(&self.layout, reqid, &place) {
-            return Some(self.first_index(self.generation) + offset);
+            return Some(self.first + offset);
         }
         self.previous_get(reqid, &place)
     }
@@ -264,34 +270,41 @@ impl RecentReqids {
             // Not a log index ("none"); nothing is chosen there.
             return None;
         }
-        let generation = (index - 1) / self.layout.span;
-        if generation != self.generation {
-            assert!(
-                generation > self.generation,
-                "dedup indices went back: {index} in generation {generation} < {}",
-                self.generation
-            );
-            // Swap and clear instead of dropping: the tables keep their
-            // memory, so a rotation costs a memset, not an munmap plus page
-            // faults on a fresh allocation (a latency spike every window).
-            std::mem::swap(&mut self.current, &mut self.previous);
-            self.current.clear();
-            if generation != self.generation + 1 {
-                self.previous.clear();
-            }
-            self.generation = generation;
+        if !(self.first..self.next_first).contains(&index) {
+            self.rotate_to(index);
         }
         let place = self.layout.place(reqid);
         let slot = match self.current.probe(&self.layout, reqid, &place) {
-            Probe::Found(offset) => return Some(self.first_index(generation) + offset),
+            Probe::Found(offset) => return Some(self.first + offset),
             Probe::Vacant(slot) => slot,
         };
         if let Some(earlier) = self.previous_get(reqid, &place) {
             return Some(earlier);
         }
-        let offset = index - self.first_index(generation);
+        let offset = index - self.first;
         self.current.put(&self.layout, slot, &place, reqid, offset);
         None
+    }
+
+    /// Makes the generation of `index` current (indices only go forward).
+    fn rotate_to(&mut self, index: Index) {
+        let generation = (index - 1) / self.layout.span;
+        assert!(
+            generation > self.generation,
+            "dedup indices went back: {index} in generation {generation} < {}",
+            self.generation
+        );
+        // Swap and clear instead of dropping: the tables keep their
+        // memory, so a rotation costs a memset, not an munmap plus page
+        // faults on a fresh allocation (a latency spike every window).
+        std::mem::swap(&mut self.current, &mut self.previous);
+        self.current.clear();
+        if generation != self.generation + 1 {
+            self.previous.clear();
+        }
+        self.generation = generation;
+        self.first = self.first_index(generation);
+        self.next_first = self.first + self.layout.span;
     }
 }
 
