@@ -159,6 +159,7 @@ fn start_cluster(dir: &Path, args: &ClusterArgs) -> Result<Vec<Spaxos>, String> 
 struct Cost {
     leader_rounds: u64,
     storage_writes: u64,
+    deferred_writes: u64,
     records_written: u64,
     frames_sent: u64,
     write_batches: u64,
@@ -177,6 +178,7 @@ impl Cost {
         Cost {
             leader_rounds: after[leader].rounds.saturating_sub(before[leader].rounds),
             storage_writes: sum(|m| m.storage_writes),
+            deferred_writes: sum(|m| m.deferred_writes),
             records_written: sum(|m| m.records_written),
             frames_sent: sum(|m| m.transport.frames_sent),
             write_batches: sum(|m| m.transport.write_batches),
@@ -387,7 +389,9 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         // how well group commit, rounds and frame coalescing batch.
         "leader_rounds_per_op": cost.leader_rounds as f64 / ok.max(1) as f64,
         "storage_writes_per_op": cost.storage_writes as f64 / ok.max(1) as f64,
-        "records_per_write": cost.records_written as f64 / cost.storage_writes.max(1) as f64,
+        "deferred_writes_per_op": cost.deferred_writes as f64 / ok.max(1) as f64,
+        "records_per_write": cost.records_written as f64
+            / (cost.storage_writes + cost.deferred_writes).max(1) as f64,
         "frames_per_op": cost.frames_sent as f64 / ok.max(1) as f64,
         "socket_writes_per_op": cost.write_batches as f64 / ok.max(1) as f64,
     });

@@ -142,6 +142,9 @@ pub struct DiskStorage {
     failed: Option<String>,
     /// Batch frame bytes appended since open (for benchmarks and metrics).
     bytes_written: u64,
+    /// A deferred write appended to the active segment since its last
+    /// sync: the segment is synced before another one becomes active.
+    unsynced: bool,
 }
 
 impl std::fmt::Debug for DiskStorage {
@@ -180,6 +183,7 @@ impl DiskStorage {
             record_frames: Vec::new(),
             failed: None,
             bytes_written: 0,
+            unsynced: false,
         };
         let mut previous: Option<(PathBuf, u64)> = None;
         for (position, &id) in ids.iter().enumerate() {
@@ -552,8 +556,10 @@ impl DiskStorage {
     }
 }
 
-impl Storage for DiskStorage {
-    fn write(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+impl DiskStorage {
+    /// Appends `batch`; with `sync`, makes it and everything before it
+    /// durable before returning.
+    fn append(&mut self, batch: &[Record], sync: bool) -> Result<(), StorageError> {
         if let Some(first_error) = &self.failed {
             return Err(StorageError::Failed {
                 first_error: first_error.clone(),
@@ -575,6 +581,16 @@ impl Storage for DiskStorage {
             let Some(next_id) = active_id.checked_add(1) else {
                 return Err(self.fail(StorageError::invalid("segment ids exhausted")));
             };
+            if self.unsynced {
+                // A deferred batch must not be left behind a later, durable
+                // segment: recovery would find a hole in the middle of the log.
+                let segment = &self.segments[&active_id];
+                if let Err(e) = segment.file.sync_data() {
+                    let e = StorageError::io(&segment.path, "fdatasync", e);
+                    return Err(self.fail(e));
+                }
+                self.unsynced = false;
+            }
             active_id = next_id;
             if let Err(e) = self.start_segment(active_id) {
                 return Err(self.fail(e));
@@ -585,16 +601,20 @@ impl Storage for DiskStorage {
             .file
             .write_all_at(&self.buffer, self.active_offset)
             .map_err(|e| StorageError::io(&segment.path, "write batch", e))
-            .and_then(|()| {
-                segment
+            .and_then(|()| match sync {
+                // fdatasync covers every earlier write to the file too.
+                true => segment
                     .file
                     .sync_data()
-                    .map_err(|e| StorageError::io(&segment.path, "fdatasync", e))
+                    .map_err(|e| StorageError::io(&segment.path, "fdatasync", e)),
+                false => Ok(()),
             });
         if let Err(e) = result {
             return Err(self.fail(e));
         }
-        // Durable: now, and only now, the state reflects the batch.
+        self.unsynced = !sync;
+        // Written (and durable unless deferred): now, and only now, the
+        // state reflects the batch.
         let batch_offset = self.active_offset;
         let frames = std::mem::take(&mut self.record_frames);
         for &(position, start, len) in &frames {
@@ -611,6 +631,17 @@ impl Storage for DiskStorage {
         self.next_batch_seq = self.next_batch_seq.wrapping_add(1);
         self.bytes_written += frame_len;
         Ok(())
+    }
+}
+
+impl Storage for DiskStorage {
+    fn write(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        self.append(batch, true)
+    }
+
+    fn write_deferred(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        crate::check_deferrable(batch)?;
+        self.append(batch, false)
     }
 
     fn recover(&self, dedup_window: u64) -> Result<RecoveredState, StorageError> {

@@ -48,15 +48,32 @@ use spaxos_core::{Index, Record, RecoveredState, Value};
 
 /// Durable hard state and chosen values of one node.
 ///
-/// Every method sees the state as of the last successful [`Storage::write`];
-/// a failed write changes nothing that can be read.
+/// Every method sees the state as of the last successful [`Storage::write`]
+/// or [`Storage::write_deferred`]; a failed write changes nothing that can
+/// be read.
 pub trait Storage: Send {
     /// Appends the batch and makes it durable (one sync per call: group
     /// commit). `Ok` means durable. Records at or below the compaction point
     /// are ignored.
     fn write(&mut self, batch: &[Record]) -> Result<(), StorageError>;
 
-    /// The state as of the last durable write. `chosen_through` is the
+    /// [`Storage::write`] for a batch of `Chosen` marks alone, without
+    /// waiting for it to be durable: it becomes durable with the next
+    /// `write` (whose sync covers everything written before it), and reads
+    /// see it at once. A crash before then may lose it, which costs only
+    /// time: a mark records what the peers that accepted the value can
+    /// teach again, and whoever needs it durable (a message that depends
+    /// on it, a promise) comes from a later `write`. A batch with any other
+    /// record is refused with [`StorageError::InvalidBatch`].
+    ///
+    /// Saves an fdatasync when a node learns an entry is chosen between two
+    /// writes of its own (a leader at low load).
+    fn write_deferred(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        check_deferrable(batch)?;
+        self.write(batch)
+    }
+
+    /// The state as of the last successful write. `chosen_through` is the
     /// largest k such that every index in (compacted_through, k] is chosen
     /// (k >= compacted_through); `instances` holds every index above
     /// `chosen_through` that has a record (sorted, with its latest state,
@@ -88,4 +105,16 @@ pub trait Storage: Send {
     /// below it and reclaim whole segments. The compaction point survives a
     /// restart; a lower `through` than before is a no-op.
     fn compact(&mut self, through: Index) -> Result<(), StorageError>;
+}
+
+/// Refuses a deferred batch holding anything but `Chosen` marks.
+pub(crate) fn check_deferrable(batch: &[Record]) -> Result<(), StorageError> {
+    let refused = match batch.iter().find(|r| !matches!(r, Record::Chosen(_))) {
+        None => return Ok(()),
+        Some(Record::Instance(state)) => format!("the state of instance {}", state.index),
+        Some(_) => "the node state".to_string(),
+    };
+    Err(StorageError::invalid(format!(
+        "a deferred write carries only chosen marks, not {refused}"
+    )))
 }

@@ -258,6 +258,39 @@ fn unchosen_replacement_shrinks_prefix<H: Harness>(h: &mut H) {
     assert_eq!(store.chosen(3).unwrap(), None);
 }
 
+/// Deferred `Chosen` marks: read at once, kept across a clean reopen and
+/// segment rotations; anything else is refused and changes nothing.
+fn deferred_chosen_marks<H: Harness>(h: &mut H) {
+    let mut store = h.open();
+    for index in 1..=60 {
+        store
+            .write(&[accepted(index, 1, value(index, 100))])
+            .unwrap();
+        store.write_deferred(&[Record::Chosen(index)]).unwrap();
+        assert_eq!(store.chosen(index).unwrap(), Some(value(index, 100)));
+    }
+    let refused: [&[Record]; 3] = [
+        &[node(7)],
+        &[Record::Chosen(61), accepted(61, 1, value(61, 1))],
+        // A mark needs a value (earlier in the batch or already held).
+        &[Record::Chosen(99)],
+    ];
+    for batch in refused {
+        let err = store.write_deferred(batch).unwrap_err();
+        assert!(
+            matches!(err, StorageError::InvalidBatch { .. }),
+            "{batch:?}: {err}"
+        );
+    }
+    // The last marks were deferred and nothing synced after them: a clean
+    // reopen (no crash) still finds them.
+    let store = h.reopen(store);
+    let recovered = store.recover(10).unwrap();
+    assert_eq!(recovered.chosen_through, 60);
+    assert_eq!(recovered.node.max_round, 0);
+    assert_eq!(store.bounds(), (1, 60));
+}
+
 macro_rules! suite {
     ($module:ident, $harness:expr) => {
         mod $module {
@@ -293,6 +326,10 @@ macro_rules! suite {
             #[test]
             fn compaction() {
                 super::compaction(&mut $harness);
+            }
+            #[test]
+            fn deferred_chosen_marks() {
+                super::deferred_chosen_marks(&mut $harness);
             }
             #[test]
             fn unchosen_replacement_shrinks_prefix() {

@@ -351,3 +351,32 @@ fn large_batches_rotate_and_read_back() {
     assert_eq!(store.chosen_range(1, 21, usize::MAX).unwrap().len(), 21);
     assert_eq!(store.chosen(20).unwrap(), Some(value(20, 500)));
 }
+
+/// A crash may lose deferred marks that no sync followed, and only them:
+/// the store opens with the values still accepted, and a mark followed by
+/// a durable write is kept.
+#[test]
+fn deferred_marks_without_a_later_sync_may_be_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions {
+        segment_bytes_max: 1 << 20,
+        preallocate: Preallocate::ZeroFill,
+    };
+    let mut store = open(dir.path(), options);
+    store.write(&[accepted(1, 1, value(1, 40))]).unwrap();
+    store.write_deferred(&[Record::Chosen(1)]).unwrap();
+    // This sync makes the mark before it durable too.
+    store.write(&[accepted(2, 1, value(2, 40))]).unwrap();
+    let durable = fs::read(&segment_files(dir.path())[0]).unwrap();
+    store.write_deferred(&[Record::Chosen(2)]).unwrap();
+    drop(store);
+    // Power loss before the deferred write reached the disk: the file is
+    // as the last sync left it.
+    fs::write(&segment_files(dir.path())[0], &durable).unwrap();
+    let store = open(dir.path(), options);
+    let recovered = store.recover(10).unwrap();
+    assert_eq!(recovered.chosen_through, 1);
+    assert_eq!(recovered.instances.len(), 1);
+    assert_eq!(recovered.instances[0].value, Some(value(2, 40)));
+    assert!(!recovered.instances[0].chosen);
+}

@@ -40,7 +40,11 @@ pub struct Metrics {
     pub proposals: u64,
     /// Storage writes, each one durable batch (one `fdatasync` on disk).
     pub storage_writes: u64,
-    /// Records in those writes.
+    /// Writes of `Chosen` marks alone, which release nothing and so do
+    /// not wait to be durable (no `fdatasync` of their own; see
+    /// `Storage::write_deferred`).
+    pub deferred_writes: u64,
+    /// Records in all those writes.
     pub records_written: u64,
     /// The transport's counters (frames, bytes, write calls, drops,
     /// connections).
@@ -53,6 +57,7 @@ pub(crate) struct Counters {
     pub rounds: AtomicU64,
     pub proposals: AtomicU64,
     pub storage_writes: AtomicU64,
+    pub deferred_writes: AtomicU64,
     pub records_written: AtomicU64,
 }
 
@@ -67,6 +72,7 @@ impl Counters {
             rounds: self.rounds.load(Ordering::Relaxed),
             proposals: self.proposals.load(Ordering::Relaxed),
             storage_writes: self.storage_writes.load(Ordering::Relaxed),
+            deferred_writes: self.deferred_writes.load(Ordering::Relaxed),
             records_written: self.records_written.load(Ordering::Relaxed),
             transport,
         }

@@ -123,14 +123,30 @@ impl StorageThread {
             for job in jobs.iter_mut() {
                 records.append(&mut job.records);
             }
-            if let Err(write_error) = storage.write(&records) {
+            // Chosen marks that release nothing need not wait for a sync:
+            // the next durable write (before any message goes) covers them.
+            let deferrable = jobs.iter().all(|job| {
+                job.messages.is_empty()
+                    && job.messages_after_write.is_empty()
+                    && job.reads.is_empty()
+            }) && records.iter().all(|r| matches!(r, Record::Chosen(_)));
+            let written = if deferrable {
+                storage.write_deferred(&records)
+            } else {
+                storage.write(&records)
+            };
+            if let Err(write_error) = written {
                 jobs.clear();
                 self.rebuild(write_error);
                 return;
             }
             self.failed_writes_in_a_row = 0;
             let counters = &self.shared.counters;
-            Counters::add(&counters.storage_writes, 1);
+            let writes = match deferrable {
+                true => &counters.deferred_writes,
+                false => &counters.storage_writes,
+            };
+            Counters::add(writes, 1);
             Counters::add(&counters.records_written, records.len() as u64);
         }
         let mut to_self: Vec<Message> = Vec::new();
