@@ -97,6 +97,7 @@ impl Layout {
     /// Home slot and fingerprint of `reqid` (a full 64-bit mix: reqids are
     /// often sequential, and a node-specific seed keeps chosen reqids from
     /// piling into one run of slots).
+    #[inline]
     fn place(&self, reqid: ReqId) -> Place {
         let mut h = reqid ^ self.seed;
         h = (h ^ (h >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
@@ -141,11 +142,13 @@ impl Generation {
     }
 
     /// False only if `reqid` is certainly not in this generation.
+    #[inline]
     fn might_hold(&self, place: &Place) -> bool {
         self.filter[place.word] & place.bits == place.bits
     }
 
     /// Looks `reqid` up from its home slot.
+    #[inline]
     fn probe(&self, layout: &Layout, reqid: ReqId, place: &Place) -> Probe {
         let (mut slot, fingerprint) = (place.slot, place.fingerprint);
         loop {
@@ -163,6 +166,7 @@ impl Generation {
         }
     }
 
+    #[inline]
     fn put(&mut self, layout: &Layout, slot: usize, place: &Place, reqid: ReqId, offset: u64) {
         // At most `span` entries in `2 * span` slots: probing always ends.
         assert!(self.used < layout.slot_mask, "dedup generation overfull");
@@ -241,6 +245,7 @@ impl RecentReqids {
 
     /// The previous generation's answer. Its filter is empty while it holds
     /// nothing (generation 0, or after a jump), so it is asked first.
+    #[inline]
     fn previous_get(&self, reqid: ReqId, place: &Place) -> Option<Index> {
         if !self.previous.might_hold(place) {
             return None;
@@ -265,6 +270,7 @@ impl RecentReqids {
 
     /// Records `reqid` chosen at `index` (indices come in increasing order)
     /// unless it is already in the window; returns the earlier index then.
+    #[inline]
     pub fn insert(&mut self, index: Index, reqid: ReqId) -> Option<Index> {
         if index == 0 {
             // Not a log index ("none"); nothing is chosen there.
