@@ -463,3 +463,37 @@ fn checkpoint_compacts_and_survives_a_restart() {
     let more = propose_from_threads(node, 10_000, 1, 10);
     assert_eq!(more.len(), 10);
 }
+
+/// One proposal at a time: the leader learns each entry is chosen between
+/// writes of its own, so it writes those marks deferred (no fdatasync of
+/// their own). They are readable at once and after the leader restarts.
+#[test]
+fn a_quiet_leader_defers_its_chosen_marks_and_keeps_them_across_a_restart() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_leader();
+    let before = cluster.node(leader).metrics();
+    let mut indices = Vec::new();
+    for reqid in 1..=40u64 {
+        let handle = cluster
+            .node(leader)
+            .propose(reqid, format!("quiet {reqid}"))
+            .expect("queued");
+        indices.push((reqid, wait_chosen(handle)));
+    }
+    let after = cluster.node(leader).metrics();
+    let deferred = after.deferred_writes - before.deferred_writes;
+    assert!(
+        deferred > 0,
+        "no deferred writes for 40 sequential proposals: {before:?} -> {after:?}"
+    );
+    for &(reqid, index) in &indices {
+        let value = cluster.node(leader).get(index).expect("get");
+        assert_eq!(value.and_then(|v| v.reqid()), Some(reqid), "index {index}");
+    }
+    cluster.stop(leader);
+    cluster.restart(leader);
+    for &(reqid, index) in &indices {
+        let value = cluster.node(leader).get(index).expect("get after restart");
+        assert_eq!(value.and_then(|v| v.reqid()), Some(reqid), "index {index}");
+    }
+}
