@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::message::{Body, PromiseEntry};
-use crate::node::{Candidate, FastMap, Leader, Node, RoleState, TickStamp};
+use crate::node::{Candidate, FastMap, Leader, Node, RoleState};
 use crate::types::{Ballot, Index, InstanceState, NodeId, Outcome, Record, ReqId, Value};
 
 /// Marks a reqid waiting in the leader's queue in `Leader::assigned`.
@@ -160,7 +160,7 @@ impl Node {
         inst.value = Some(value.clone());
         inst.vote_ballot = ballot;
         inst.votes = 0;
-        inst.proposed_at = TickStamp::at(now);
+        inst.proposed_at = now;
         if inst.proposer.take().is_some() {
             self.leaderless_active -= 1;
         }
@@ -371,11 +371,11 @@ impl Node {
             if inst.chosen || inst.vote_ballot != ballot || inst.accepted != ballot {
                 continue;
             }
-            if inst.proposed_at.age(now) < retry {
+            if inst.proposed_at + retry > now {
                 continue;
             }
             let Some(value) = &inst.value else { continue };
-            inst.proposed_at = TickStamp::at(now);
+            inst.proposed_at = now;
             for (slot, (_, bit)) in peers.iter().enumerate() {
                 if inst.votes & bit == 0 {
                     per_peer[slot].push((base + offset as u64, value.clone()));

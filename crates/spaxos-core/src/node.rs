@@ -97,37 +97,13 @@ pub(crate) struct Instance {
     // Leader bookkeeping: votes for `vote_ballot` by member slot.
     pub vote_ballot: Ballot,
     pub votes: u64,
-    pub proposed_at: TickStamp,
+    pub proposed_at: u64,
     /// A proposal made on this node was tried at this index.
     pub origin_reqid: ReqId,
+    pub created_at: u64,
     /// Single-index Paxos run by this node (leaderless proposal or no-op).
     pub proposer: Option<Box<SingleProposer>>,
 }
-
-/// A tick number kept in 32 bits, for the accept-retry timer every live
-/// instance carries (with it and without a creation time of its own, an
-/// instance fits in 128 bytes: the move that creates one is a few vector
-/// stores instead of a `memcpy` call, ~10 % of the in-process benchmark).
-/// Ages are exact up to 2^32 ticks (about 50 days of 1 ms ticks); an older
-/// timer reads as younger than it is, which only delays one retry by at
-/// most its period.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct TickStamp(u32);
-
-impl TickStamp {
-    pub fn at(now: u64) -> TickStamp {
-        // Keeps the low 32 bits on purpose: only differences are read.
-        TickStamp(now as u32)
-    }
-
-    /// Ticks from this stamp to `now`.
-    pub fn age(self, now: u64) -> u64 {
-        (now as u32).wrapping_sub(self.0) as u64
-    }
-}
-
-// See `TickStamp`: a larger instance is created with a `memcpy` call.
-const _: () = assert!(std::mem::size_of::<Instance>() <= 128);
 
 /// A proposal made on this node that has no outcome yet.
 #[derive(Clone, Debug)]
@@ -230,12 +206,6 @@ pub struct Node {
     pub(crate) forward_retries: VecDeque<(u64, ReqId)>,
     pub(crate) leaderless_active: usize,
     pub(crate) noop_scan_at: u64,
-    /// When instances were created, as runs: from `.0` on (up to the next
-    /// run) they were created at tick `.1`. Instances are only ever added
-    /// at the back, so creation ticks rise with the index and one entry per
-    /// tick replaces a timestamp in every instance. Runs wholly below
-    /// `base` are dropped each tick.
-    pub(crate) created: VecDeque<(Index, u64)>,
     /// More proposals made here tried at one index (rare: a forwarded one
     /// and a local one, across a leader change). The first lives in
     /// `Instance::origin_reqid`.
@@ -296,7 +266,6 @@ impl Node {
             forward_retries: VecDeque::new(),
             leaderless_active: 0,
             noop_scan_at: 0,
-            created: VecDeque::new(),
             extra_origins: BTreeMap::new(),
             known_chosen_through: (0, 0),
             catchup_sent_at: None,
@@ -482,13 +451,6 @@ impl Node {
     /// Advances logical time by one tick: timeouts, heartbeats, retries.
     pub fn tick(&mut self) {
         self.now += 1;
-        while self
-            .created
-            .get(1)
-            .is_some_and(|&(first, _)| first <= self.base)
-        {
-            self.created.pop_front();
-        }
         match self.role {
             RoleState::Leader(_) => self.leader_tick(),
             RoleState::Candidate(_) | RoleState::Follower => {
@@ -668,31 +630,16 @@ impl Node {
             self.base
         );
         let offset = (index - self.base) as usize;
-        if self.instances.len() <= offset
-            && self
-                .created
-                .back()
-                .is_none_or(|&(_, tick)| tick != self.now)
-        {
-            let first_new = self.base + self.instances.len() as u64;
-            self.created.push_back((first_new, self.now));
-        }
         while self.instances.len() <= offset {
-            self.instances.push_back(Instance::default());
+            self.instances.push_back(Instance {
+                created_at: self.now,
+                ..Instance::default()
+            });
         }
         if index > self.max_index {
             self.max_index = index;
         }
         &mut self.instances[offset]
-    }
-
-    /// The first index created later than tick `tick` (`Index::MAX` if
-    /// none): every live index below it was created at `tick` or earlier.
-    pub(crate) fn first_created_after(&self, tick: u64) -> Index {
-        self.created
-            .iter()
-            .find(|&&(_, created)| created > tick)
-            .map_or(Index::MAX, |&(first, _)| first)
     }
 
     pub(crate) fn persist_instance(&mut self, index: Index) {

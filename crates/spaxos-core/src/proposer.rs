@@ -212,21 +212,16 @@ impl Node {
         }
         self.noop_scan_at = self.now + self.cfg.noop_timeout_ticks as u64;
         let timeout = self.cfg.noop_timeout_ticks as u64;
-        // Holes are indices created at least `timeout` ticks ago.
-        let young_from = match self.now.checked_sub(timeout) {
-            Some(old_enough) => self.first_created_after(old_enough),
-            None => 0,
-        };
         let mut holes = Vec::new();
         for (offset, inst) in self.instances.iter().enumerate() {
             if self.leaderless_active + holes.len() >= self.cfg.leaderless_inflight_max {
                 break;
             }
             let index = self.base + offset as u64;
-            if index > self.max_index || index >= young_from {
+            if index > self.max_index {
                 break;
             }
-            if !inst.chosen && inst.proposer.is_none() {
+            if !inst.chosen && inst.proposer.is_none() && inst.created_at + timeout <= self.now {
                 holes.push(index);
             }
         }
