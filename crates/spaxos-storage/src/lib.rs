@@ -61,10 +61,12 @@ pub trait Storage: Send {
     /// waiting for it to be durable: it becomes durable with the next
     /// `write` (whose sync covers everything written before it), and reads
     /// see it at once. A crash before then may lose it, which costs only
-    /// time: a mark records what the peers that accepted the value can
-    /// teach again, and whoever needs it durable (a message that depends
-    /// on it, a promise) comes from a later `write`. A batch with any other
-    /// record is refused with [`StorageError::InvalidBatch`].
+    /// time: a mark records a fact the peers that accepted the value can
+    /// teach again (until they do, the restarted node reads those indices
+    /// as not chosen). Callers that release a message after a write use
+    /// `write`, so nothing leaves before what was written ahead of it is
+    /// durable. A batch with any other record is refused with
+    /// [`StorageError::InvalidBatch`].
     ///
     /// Saves an fdatasync when a node learns an entry is chosen between two
     /// writes of its own (a leader at low load).

@@ -404,7 +404,10 @@ impl Spaxos {
 
     /// The chosen value at `index` on this node's storage: `Ok(None)` if it
     /// is not (yet) known here as chosen, [`Error::Compacted`] if a
-    /// checkpoint dropped it.
+    /// checkpoint dropped it. (After a crash, an entry this node learned
+    /// just before may read as not chosen until a peer teaches it again:
+    /// the mark that it is chosen is not always durable yet, see
+    /// `Storage::write_deferred`.)
     pub fn get(&self, index: Index) -> Result<Option<Value>, Error> {
         let (reply, result) = bounded(1);
         self.inner
