@@ -207,10 +207,11 @@ pub(crate) struct RecentReqids {
     layout: Layout,
     /// Generation number (`(index - 1) / span`) of `current`.
     generation: u64,
-    /// First index of `current` and of the generation after it: an insert
-    /// compares against these instead of dividing by the span.
+    /// First and last index of `current`: an insert compares against these
+    /// instead of dividing by the span. (`last` saturates: the final
+    /// generation of the index space may be cut short.)
     first: Index,
-    next_first: Index,
+    last: Index,
     current: Generation,
     previous: Generation,
 }
@@ -223,7 +224,7 @@ impl RecentReqids {
         RecentReqids {
             generation: 0,
             first: 1,
-            next_first: 1 + layout.span,
+            last: layout.span,
             current: Generation::new(&layout),
             previous: Generation::new(&layout),
             layout,
@@ -276,7 +277,7 @@ impl RecentReqids {
             // Not a log index ("none"); nothing is chosen there.
             return None;
         }
-        if !(self.first..self.next_first).contains(&index) {
+        if !(self.first..=self.last).contains(&index) {
             self.rotate_to(index);
         }
         let place = self.layout.place(reqid);
@@ -310,7 +311,7 @@ impl RecentReqids {
         }
         self.generation = generation;
         self.first = self.first_index(generation);
-        self.next_first = self.first + self.layout.span;
+        self.last = self.first.saturating_add(self.layout.span - 1);
     }
 }
 
@@ -322,6 +323,23 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
+
+    /// The last generation of the index space may be shorter than the
+    /// window; its bounds must not overflow.
+    #[test]
+    fn indices_at_the_end_of_the_index_space() {
+        for window in [1, 3, 4, 1000] {
+            let mut recent = RecentReqids::new(window, 9);
+            assert_eq!(recent.insert(u64::MAX - 2, 7), None, "window {window}");
+            assert_eq!(recent.insert(u64::MAX - 1, 8), None, "window {window}");
+            assert_eq!(
+                recent.insert(u64::MAX, 8),
+                Some(u64::MAX - 1),
+                "window {window}"
+            );
+            assert_eq!(recent.get(8), Some(u64::MAX - 1), "window {window}");
+        }
+    }
 
     #[test]
     fn remembers_within_the_window_and_forgets_after_two_generations() {
