@@ -142,10 +142,15 @@ pub struct DiskStorage {
     failed: Option<String>,
     /// Batch frame bytes appended since open (for benchmarks and metrics).
     bytes_written: u64,
-    /// A deferred write appended to the active segment since its last
-    /// sync: the segment is synced before another one becomes active.
-    unsynced: bool,
+    /// Chosen marks taken by `write_deferred`: already in `state` (reads
+    /// see them), and written at the front of the next `write`'s batch
+    /// frame, so they reach the disk only inside a synced frame (never as
+    /// unsynced bytes that a later synced frame could overtake).
+    deferred: Vec<Record>,
 }
+
+/// Deferred marks held at most; one more and they are written at once.
+const DEFERRED_MARKS_MAX: usize = 1 << 16;
 
 impl std::fmt::Debug for DiskStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,7 +188,7 @@ impl DiskStorage {
             record_frames: Vec::new(),
             failed: None,
             bytes_written: 0,
-            unsynced: false,
+            deferred: Vec::new(),
         };
         let mut previous: Option<(PathBuf, u64)> = None;
         for (position, &id) in ids.iter().enumerate() {
@@ -557,9 +562,8 @@ impl DiskStorage {
 }
 
 impl DiskStorage {
-    /// Appends `batch`; with `sync`, makes it and everything before it
-    /// durable before returning.
-    fn append(&mut self, batch: &[Record], sync: bool) -> Result<(), StorageError> {
+    /// Appends `batch` as one frame and makes it durable.
+    fn append(&mut self, batch: &[Record]) -> Result<(), StorageError> {
         if let Some(first_error) = &self.failed {
             return Err(StorageError::Failed {
                 first_error: first_error.clone(),
@@ -581,16 +585,6 @@ impl DiskStorage {
             let Some(next_id) = active_id.checked_add(1) else {
                 return Err(self.fail(StorageError::invalid("segment ids exhausted")));
             };
-            if self.unsynced {
-                // A deferred batch must not be left behind a later, durable
-                // segment: recovery would find a hole in the middle of the log.
-                let segment = &self.segments[&active_id];
-                if let Err(e) = segment.file.sync_data() {
-                    let e = StorageError::io(&segment.path, "fdatasync", e);
-                    return Err(self.fail(e));
-                }
-                self.unsynced = false;
-            }
             active_id = next_id;
             if let Err(e) = self.start_segment(active_id) {
                 return Err(self.fail(e));
@@ -601,20 +595,16 @@ impl DiskStorage {
             .file
             .write_all_at(&self.buffer, self.active_offset)
             .map_err(|e| StorageError::io(&segment.path, "write batch", e))
-            .and_then(|()| match sync {
-                // fdatasync covers every earlier write to the file too.
-                true => segment
+            .and_then(|()| {
+                segment
                     .file
                     .sync_data()
-                    .map_err(|e| StorageError::io(&segment.path, "fdatasync", e)),
-                false => Ok(()),
+                    .map_err(|e| StorageError::io(&segment.path, "fdatasync", e))
             });
         if let Err(e) = result {
             return Err(self.fail(e));
         }
-        self.unsynced = !sync;
-        // Written (and durable unless deferred): now, and only now, the
-        // state reflects the batch.
+        // Durable: now, and only now, the state reflects the batch.
         let batch_offset = self.active_offset;
         let frames = std::mem::take(&mut self.record_frames);
         for &(position, start, len) in &frames {
@@ -636,12 +626,46 @@ impl DiskStorage {
 
 impl Storage for DiskStorage {
     fn write(&mut self, batch: &[Record]) -> Result<(), StorageError> {
-        self.append(batch, true)
+        if self.deferred.is_empty() {
+            return self.append(batch);
+        }
+        // Deferred marks first, in the same frame: one sync covers both.
+        let deferred = std::mem::take(&mut self.deferred);
+        let mut combined = Vec::with_capacity(deferred.len() + batch.len());
+        combined.extend_from_slice(&deferred);
+        combined.extend_from_slice(batch);
+        match self.append(&combined) {
+            Err(StorageError::InvalidBatch { .. }) => {
+                // Nothing was written. The marks were checked when they
+                // were deferred, so the batch is at fault (or the two are
+                // too large together): the marks go alone, then the batch
+                // gets its own answer.
+                self.append(&deferred)?;
+                self.append(batch)
+            }
+            result => result,
+        }
     }
 
     fn write_deferred(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        if let Some(first_error) = &self.failed {
+            return Err(StorageError::Failed {
+                first_error: first_error.clone(),
+            });
+        }
         crate::check_deferrable(batch)?;
-        self.append(batch, false)
+        self.state.validate(batch)?;
+        if self.deferred.len() + batch.len() > DEFERRED_MARKS_MAX {
+            return self.write(batch);
+        }
+        for record in batch {
+            if let Record::Chosen(index) = record {
+                let applied = self.state.apply_chosen(*index);
+                debug_assert!(applied, "validate checked the chosen marks");
+            }
+        }
+        self.deferred.extend_from_slice(batch);
+        Ok(())
     }
 
     fn recover(&self, dedup_window: u64) -> Result<RecoveredState, StorageError> {

@@ -58,15 +58,13 @@ pub trait Storage: Send {
     fn write(&mut self, batch: &[Record]) -> Result<(), StorageError>;
 
     /// [`Storage::write`] for a batch of `Chosen` marks alone, without
-    /// waiting for it to be durable: it becomes durable with the next
-    /// `write` (whose sync covers everything written before it), and reads
-    /// see it at once. A crash before then may lose it, which costs only
-    /// time: a mark records a fact the peers that accepted the value can
-    /// teach again (until they do, the restarted node reads those indices
-    /// as not chosen). Callers that release a message after a write use
-    /// `write`, so nothing leaves before what was written ahead of it is
-    /// durable. A batch with any other record is refused with
-    /// [`StorageError::InvalidBatch`].
+    /// waiting for a sync: reads see the marks at once, and they become
+    /// durable with the next `write` (an empty one will do), written in its
+    /// batch ahead of its records. A crash before then loses them, which
+    /// costs only time: a mark records a fact the peers that accepted the
+    /// value can teach again (until they do, the restarted node reads those
+    /// indices as not chosen). A batch with any other record is refused
+    /// with [`StorageError::InvalidBatch`].
     ///
     /// Saves an fdatasync when a node learns an entry is chosen between two
     /// writes of its own (a leader at low load).

@@ -352,31 +352,49 @@ fn large_batches_rotate_and_read_back() {
     assert_eq!(store.chosen(20).unwrap(), Some(value(20, 500)));
 }
 
-/// A crash may lose deferred marks that no sync followed, and only them:
-/// the store opens with the values still accepted, and a mark followed by
-/// a durable write is kept.
+/// Deferred marks never reach the disk on their own: they go inside the
+/// next write's frame (one sync covers both), so no unsynced bytes can sit
+/// ahead of a synced frame. Marks no write followed are lost with the
+/// process; an empty write makes them durable.
 #[test]
-fn deferred_marks_without_a_later_sync_may_be_lost() {
+fn deferred_marks_reach_the_disk_only_inside_the_next_write() {
     let dir = tempfile::tempdir().unwrap();
     let options = DiskOptions {
         segment_bytes_max: 1 << 20,
         preallocate: Preallocate::ZeroFill,
     };
     let mut store = open(dir.path(), options);
-    store.write(&[accepted(1, 1, value(1, 40))]).unwrap();
+    store
+        .write(&[accepted(1, 1, value(1, 40)), accepted(2, 1, value(2, 40))])
+        .unwrap();
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let before = fs::read(&segment).unwrap();
     store.write_deferred(&[Record::Chosen(1)]).unwrap();
-    // This sync makes the mark before it durable too.
-    store.write(&[accepted(2, 1, value(2, 40))]).unwrap();
-    let durable = fs::read(&segment_files(dir.path())[0]).unwrap();
+    assert_eq!(
+        fs::read(&segment).unwrap(),
+        before,
+        "a deferred mark wrote bytes"
+    );
+    assert_eq!(store.chosen(1).unwrap(), Some(value(1, 40)));
+    store.write(&[accepted(3, 1, value(3, 40))]).unwrap();
     store.write_deferred(&[Record::Chosen(2)]).unwrap();
+    assert_eq!(store.recover(10).unwrap().chosen_through, 2);
     drop(store);
-    // Power loss before the deferred write reached the disk: the file is
-    // as the last sync left it.
-    fs::write(&segment_files(dir.path())[0], &durable).unwrap();
-    let store = open(dir.path(), options);
+
+    // Mark 1 went out with accepted 3; mark 2 was never written.
+    let mut store = open(dir.path(), options);
     let recovered = store.recover(10).unwrap();
     assert_eq!(recovered.chosen_through, 1);
-    assert_eq!(recovered.instances.len(), 1);
-    assert_eq!(recovered.instances[0].value, Some(value(2, 40)));
-    assert!(!recovered.instances[0].chosen);
+    let held: Vec<(u64, bool)> = recovered
+        .instances
+        .iter()
+        .map(|i| (i.index, i.chosen))
+        .collect();
+    assert_eq!(held, vec![(2, false), (3, false)]);
+
+    store.write_deferred(&[Record::Chosen(2)]).unwrap();
+    store.write(&[]).unwrap();
+    drop(store);
+    let store = open(dir.path(), options);
+    assert_eq!(store.recover(10).unwrap().chosen_through, 2);
 }

@@ -40,9 +40,9 @@ pub struct Metrics {
     pub proposals: u64,
     /// Storage writes, each one durable batch (one `fdatasync` on disk).
     pub storage_writes: u64,
-    /// Writes of `Chosen` marks alone, which release nothing and so do
-    /// not wait to be durable (no `fdatasync` of their own; see
-    /// `Storage::write_deferred`).
+    /// Groups of `Chosen` marks alone, which release nothing and so were
+    /// handed to `Storage::write_deferred`: no `fdatasync` of their own,
+    /// they ride in the next write.
     pub deferred_writes: u64,
     /// Records in all those writes.
     pub records_written: u64,

@@ -91,6 +91,14 @@ impl StorageThread {
                 break;
             }
         }
+        // Chosen marks written deferred become durable (an empty write
+        // carries them); a crash instead would only make the node re-learn
+        // them.
+        if let Some(storage) = self.storage.as_mut() {
+            if let Err(error) = storage.write(&[]) {
+                warn!(%error, "cannot write deferred chosen marks at shutdown");
+            }
+        }
         // Callers still waiting get an answer (their reply channels close).
         while let Ok(input) = self.inputs.try_recv() {
             drop(input);
@@ -124,7 +132,7 @@ impl StorageThread {
                 records.append(&mut job.records);
             }
             // Chosen marks that release nothing need not wait for a sync:
-            // the next durable write (before any message goes) covers them.
+            // the next write carries them (see `Storage::write_deferred`).
             let deferrable = jobs.iter().all(|job| {
                 job.messages.is_empty()
                     && job.messages_after_write.is_empty()
