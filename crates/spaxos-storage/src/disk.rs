@@ -146,10 +146,11 @@ pub struct DiskStorage {
     /// see them), and written at the front of the next `write`'s batch
     /// frame, so they reach the disk only inside a synced frame (never as
     /// unsynced bytes that a later synced frame could overtake).
-    deferred: Vec<Record>,
+    deferred: Vec<Index>,
 }
 
-/// Deferred marks held at most; one more and they are written at once.
+/// Deferred marks held at most (512 KiB); one more and they are written
+/// at once.
 const DEFERRED_MARKS_MAX: usize = 1 << 16;
 
 impl std::fmt::Debug for DiskStorage {
@@ -630,7 +631,10 @@ impl Storage for DiskStorage {
             return self.append(batch);
         }
         // Deferred marks first, in the same frame: one sync covers both.
-        let deferred = std::mem::take(&mut self.deferred);
+        let deferred: Vec<Record> = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .map(Record::Chosen)
+            .collect();
         let mut combined = Vec::with_capacity(deferred.len() + batch.len());
         combined.extend_from_slice(&deferred);
         combined.extend_from_slice(batch);
@@ -662,9 +666,9 @@ impl Storage for DiskStorage {
             if let Record::Chosen(index) = record {
                 let applied = self.state.apply_chosen(*index);
                 debug_assert!(applied, "validate checked the chosen marks");
+                self.deferred.push(*index);
             }
         }
-        self.deferred.extend_from_slice(batch);
         Ok(())
     }
 

@@ -398,3 +398,32 @@ fn deferred_marks_reach_the_disk_only_inside_the_next_write() {
     let store = open(dir.path(), options);
     assert_eq!(store.recover(10).unwrap().chosen_through, 2);
 }
+
+/// Deferred marks are bounded: past 65,536 waiting, the next deferred batch
+/// is written at once with all of them.
+#[test]
+fn too_many_deferred_marks_are_written_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions {
+        segment_bytes_max: 64 << 20,
+        preallocate: Preallocate::None,
+    };
+    let held = 1u64 << 16;
+    let mut store = open(dir.path(), options);
+    let values: Vec<Record> = (1..=held + 1)
+        .map(|index| accepted(index, 1, value(index, 1)))
+        .collect();
+    store.write(&values).unwrap();
+    let marks: Vec<Record> = (1..=held).map(Record::Chosen).collect();
+    store.write_deferred(&marks).unwrap();
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let before = fs::metadata(&segment).unwrap().len();
+    store.write_deferred(&[Record::Chosen(held + 1)]).unwrap();
+    assert!(
+        fs::metadata(&segment).unwrap().len() > before,
+        "nothing written"
+    );
+    drop(store);
+    let store = open(dir.path(), options);
+    assert_eq!(store.recover(10).unwrap().chosen_through, held + 1);
+}
