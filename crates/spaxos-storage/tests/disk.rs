@@ -415,9 +415,14 @@ fn too_many_deferred_marks_are_written_at_once() {
         .collect();
     store.write(&values).unwrap();
     let marks: Vec<Record> = (1..=held).map(Record::Chosen).collect();
-    store.write_deferred(&marks).unwrap();
     let segment = segment_files(dir.path()).pop().unwrap();
     let before = fs::metadata(&segment).unwrap().len();
+    store.write_deferred(&marks).unwrap();
+    assert_eq!(
+        fs::metadata(&segment).unwrap().len(),
+        before,
+        "written early"
+    );
     store.write_deferred(&[Record::Chosen(held + 1)]).unwrap();
     assert!(
         fs::metadata(&segment).unwrap().len() > before,
@@ -426,4 +431,35 @@ fn too_many_deferred_marks_are_written_at_once() {
     drop(store);
     let store = open(dir.path(), options);
     assert_eq!(store.recover(10).unwrap().chosen_through, held + 1);
+}
+
+/// A refused write after deferred marks still makes the marks durable,
+/// returns the batch's own error, and leaves the store usable; marks the
+/// floor passed while they waited are dropped, not written.
+#[test]
+fn deferred_marks_survive_a_refused_write_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options();
+    let mut store = open(dir.path(), options);
+    let values: Vec<Record> = (1..=6).map(|i| accepted(i, 1, value(i, 40))).collect();
+    store.write(&values).unwrap();
+    store
+        .write_deferred(&[Record::Chosen(1), Record::Chosen(2)])
+        .unwrap();
+    // A mark for an index without a value: the batch is refused.
+    let err = store.write(&[Record::Chosen(9)]).unwrap_err();
+    assert!(matches!(err, StorageError::InvalidBatch { .. }), "{err}");
+    store
+        .write_deferred(&[Record::Chosen(3), Record::Chosen(4)])
+        .unwrap();
+    // The floor passes mark 3 while it waits.
+    store.compact(3).unwrap();
+    store.write(&[accepted(7, 1, value(7, 40))]).unwrap();
+    drop(store);
+    let store = open(dir.path(), options);
+    let recovered = store.recover(10).unwrap();
+    assert_eq!(recovered.chosen_through, 4);
+    assert_eq!(store.bounds(), (4, 7));
+    assert_eq!(store.chosen(4).unwrap(), Some(value(4, 40)));
+    assert_eq!(store.chosen(5).unwrap(), None);
 }
