@@ -153,6 +153,19 @@ pub struct DiskStorage {
 /// at once.
 const DEFERRED_MARKS_MAX: usize = 1 << 16;
 
+impl Drop for DiskStorage {
+    /// Closing the store writes the chosen marks still deferred (a crash
+    /// would lose them, which is allowed; a clean close need not).
+    fn drop(&mut self) {
+        if self.deferred.is_empty() || self.failed.is_some() {
+            return;
+        }
+        if let Err(error) = self.write(&[]) {
+            tracing::warn!(dir = %self.dir.display(), %error, "cannot write deferred chosen marks on close");
+        }
+    }
+}
+
 impl std::fmt::Debug for DiskStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskStorage")

@@ -59,8 +59,9 @@ pub trait Storage: Send {
 
     /// [`Storage::write`] for a batch of `Chosen` marks alone, without
     /// waiting for a sync: reads see the marks at once, and they become
-    /// durable with the next `write` (an empty one will do), written in its
-    /// batch ahead of its records. A crash before then loses them, which
+    /// durable with the next `write` (an empty one will do; a `DiskStorage`
+    /// also writes them when dropped), written in its batch ahead of its
+    /// records. A crash before then loses them, which
     /// costs only time: a mark records a fact the peers that accepted the
     /// value can teach again (until they do, the restarted node reads those
     /// indices as not chosen). A batch with any other record is refused

@@ -354,8 +354,8 @@ fn large_batches_rotate_and_read_back() {
 
 /// Deferred marks never reach the disk on their own: they go inside the
 /// next write's frame (one sync covers both), so no unsynced bytes can sit
-/// ahead of a synced frame. Marks no write followed are lost with the
-/// process; an empty write makes them durable.
+/// ahead of a synced frame. Marks no write followed are lost in a crash; an
+/// empty write, or closing the store, makes them durable.
 #[test]
 fn deferred_marks_reach_the_disk_only_inside_the_next_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -379,7 +379,10 @@ fn deferred_marks_reach_the_disk_only_inside_the_next_write() {
     store.write(&[accepted(3, 1, value(3, 40))]).unwrap();
     store.write_deferred(&[Record::Chosen(2)]).unwrap();
     assert_eq!(store.recover(10).unwrap().chosen_through, 2);
+    // A crash now: the disk holds what the last write left.
+    let at_crash = fs::read(&segment).unwrap();
     drop(store);
+    fs::write(&segment, &at_crash).unwrap();
 
     // Mark 1 went out with accepted 3; mark 2 was never written.
     let mut store = open(dir.path(), options);
@@ -392,11 +395,13 @@ fn deferred_marks_reach_the_disk_only_inside_the_next_write() {
         .collect();
     assert_eq!(held, vec![(2, false), (3, false)]);
 
+    // An empty write carries waiting marks, and so does closing the store.
     store.write_deferred(&[Record::Chosen(2)]).unwrap();
     store.write(&[]).unwrap();
+    store.write_deferred(&[Record::Chosen(3)]).unwrap();
     drop(store);
     let store = open(dir.path(), options);
-    assert_eq!(store.recover(10).unwrap().chosen_through, 2);
+    assert_eq!(store.recover(10).unwrap().chosen_through, 3);
 }
 
 /// Deferred marks are bounded: past 65,536 waiting, the next deferred batch
