@@ -679,7 +679,10 @@ impl Storage for DiskStorage {
             if let Record::Chosen(index) = record {
                 let applied = self.state.apply_chosen(*index);
                 debug_assert!(applied, "validate checked the chosen marks");
-                self.deferred.push(*index);
+                // Compacted indices are chosen already; nothing to write.
+                if *index > self.state.compacted_through {
+                    self.deferred.push(*index);
+                }
             }
         }
         Ok(())
