@@ -414,8 +414,7 @@ impl Node {
                     inst.votes |= bit;
                     if inst.votes.count_ones() >= quorum {
                         // A quorum accepted our value: it is chosen.
-                        inst.chosen = true;
-                        if inst.proposer.take().is_some() {
+                        if inst.mark_chosen(index) {
                             freed_proposers += 1;
                         }
                         self.out.records.push(Record::Chosen(index));

@@ -89,11 +89,11 @@ impl Node {
         for (offset, inst) in self.instances.iter_mut().enumerate().take(last + 1) {
             if !inst.chosen && inst.accepted == ballot && inst.value.is_some() {
                 // Our accepted value is the chosen one (see above).
-                inst.chosen = true;
-                if inst.proposer.take().is_some() {
+                let index = base + offset as u64;
+                if inst.mark_chosen(index) {
                     freed_proposers += 1;
                 }
-                self.out.records.push(Record::Chosen(base + offset as u64));
+                self.out.records.push(Record::Chosen(index));
             }
         }
         self.leaderless_active -= freed_proposers;

@@ -105,6 +105,20 @@ pub(crate) struct Instance {
     pub proposer: Option<Box<SingleProposer>>,
 }
 
+impl Instance {
+    /// Marks the value accepted here chosen (a quorum accepted it at the
+    /// ballot it was accepted at). True if a single-index proposer was
+    /// running here: the caller frees its slot in `leaderless_active`.
+    pub fn mark_chosen(&mut self, index: Index) -> bool {
+        assert!(
+            self.value.is_some(),
+            "index {index} chosen without an accepted value"
+        );
+        self.chosen = true;
+        self.proposer.take().is_some()
+    }
+}
+
 /// A proposal made on this node that has no outcome yet.
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {

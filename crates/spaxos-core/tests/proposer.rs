@@ -310,17 +310,22 @@ fn rejected_leaderless_proposer_backs_off_then_retries_above_the_rejecting_round
     assert_quiet(&mut node);
 }
 
-#[test]
-fn hole_below_max_index_is_filled_with_a_noop_after_the_timeout() {
+/// Node 2 without a leader (leaderless after 3 ticks, holes filled after
+/// 5): index 2 was accepted, index 1 is a hole; both exist from tick 0.
+fn node_with_a_hole() -> Node {
     let mut c = passive_cfg(2);
     c.leaderless_delay_ticks = 3;
     c.noop_timeout_ticks = 5;
-    // Index 2 was accepted; index 1 is a hole.
-    let mut node = restore(
+    restore(
         c,
         NodeState::default(),
         vec![accepted(2, b(1, 1), b(1, 1), one(5, "x"))],
-    );
+    )
+}
+
+#[test]
+fn hole_below_max_index_is_filled_with_a_noop_after_the_timeout() {
+    let mut node = node_with_a_hole();
     let mut ticks = 0;
     let ready = loop {
         node.tick();
@@ -354,15 +359,7 @@ fn hole_below_max_index_is_filled_with_a_noop_after_the_timeout() {
 /// indices created later are filled a scan later.
 #[test]
 fn holes_created_later_wait_their_own_timeout() {
-    let mut c = passive_cfg(2);
-    c.leaderless_delay_ticks = 3;
-    c.noop_timeout_ticks = 5;
-    // Indices 1 (a hole) and 2 exist from tick 0.
-    let mut node = restore(
-        c,
-        NodeState::default(),
-        vec![accepted(2, b(1, 1), b(1, 1), one(5, "x"))],
-    );
+    let mut node = node_with_a_hole();
     let prepared = |ready: &spaxos_core::Ready| -> Vec<u64> {
         let mut indices: Vec<u64> = ready
             .messages

@@ -644,20 +644,19 @@ impl Storage for DiskStorage {
             return self.append(batch);
         }
         // Deferred marks first, in the same frame: one sync covers both.
-        let deferred: Vec<Record> = std::mem::take(&mut self.deferred)
-            .into_iter()
-            .map(Record::Chosen)
+        let marks = std::mem::take(&mut self.deferred);
+        let combined: Vec<Record> = marks
+            .iter()
+            .map(|&index| Record::Chosen(index))
+            .chain(batch.iter().cloned())
             .collect();
-        let mut combined = Vec::with_capacity(deferred.len() + batch.len());
-        combined.extend_from_slice(&deferred);
-        combined.extend_from_slice(batch);
         match self.append(&combined) {
             Err(StorageError::InvalidBatch { .. }) => {
                 // Nothing was written. The marks were checked when they
                 // were deferred, so the batch is at fault (or the two are
                 // too large together): the marks go alone, then the batch
                 // gets its own answer.
-                self.append(&deferred)?;
+                self.append(&combined[..marks.len()])?;
                 self.append(batch)
             }
             result => result,

@@ -150,7 +150,7 @@ impl Spaxos {
     ) -> Result<Spaxos, StartError> {
         let id = config.selfid;
         let core_config = config.core_config();
-        let recovered = storage.recover(dedup_history(&core_config))?;
+        let recovered = storage.recover(core_config.dedup_history())?;
         info!(
             node = id,
             chosen_through = recovered.chosen_through,
@@ -177,7 +177,7 @@ impl Spaxos {
             transport: Arc::clone(&transport),
             shared: Arc::clone(&shared),
             self_id: id,
-            dedup_history: dedup_history(&core_config),
+            dedup_history: core_config.dedup_history(),
             batch_bytes_max: core_config.batch_bytes_max,
             generation: 0,
             failed_writes_in_a_row: 0,
@@ -538,15 +538,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// How many chosen indices back duplicate detection may look: the core
-/// remembers reqids in two generations of `dedup_window` indices
-/// (spaxos-core `dedup.rs`), so a restarted core needs up to twice the window
-/// to decide exactly as a core that never stopped. More is harmless: the
-/// core rotates out what is too old.
-pub(crate) fn dedup_history(core: &spaxos_core::CoreConfig) -> u64 {
-    core.dedup_history()
 }
 
 /// A single-value proposal.

@@ -228,10 +228,16 @@ impl StateMachine {
             return;
         }
         Counters::add(&self.shared.counters.proposals, self.batched.len() as u64);
-        let (values, replies): (Vec<Value>, Vec<ProposalReply>) = self.batched.drain(..).unzip();
-        let reqids: Vec<ReqId> = values.iter().map(|v| v.reqid().unwrap_or(0)).collect();
+        let (values, replies): (Vec<Value>, Vec<(ReqId, ProposalReply)>) = self
+            .batched
+            .drain(..)
+            .map(|(value, reply)| {
+                let reqid = value.reqid().unwrap_or(0);
+                (value, (reqid, reply))
+            })
+            .unzip();
         let results = self.node.propose_batch(values);
-        for ((result, reply), reqid) in results.into_iter().zip(replies).zip(reqids) {
+        for (result, (reqid, reply)) in results.into_iter().zip(replies) {
             match result {
                 // The core refuses a reqid already pending, so the slot is
                 // free.
@@ -267,7 +273,7 @@ impl StateMachine {
                 // indices from storage to suppress duplicates after a restart.
                 let through = index
                     .min(self.node.chosen_through())
-                    .saturating_sub(super::dedup_history(&self.core_config));
+                    .saturating_sub(self.core_config.dedup_history());
                 let input = StorageInput::Compact {
                     through,
                     reply: reply.clone(),

@@ -46,7 +46,7 @@ pub(crate) struct StorageThread {
     pub transport: Arc<TransportHandle>,
     pub shared: Arc<Shared>,
     pub self_id: NodeId,
-    /// Indices of reqids recovery hands the core (see `dedup_history`).
+    /// Indices of reqids recovery hands the core (`CoreConfig::dedup_history`).
     pub dedup_history: u64,
     /// Payload bytes per catch-up reply.
     pub batch_bytes_max: usize,
@@ -89,14 +89,6 @@ impl StorageThread {
             }
             if shutdown {
                 break;
-            }
-        }
-        // Chosen marks written deferred become durable (an empty write
-        // carries them); a crash instead would only make the node re-learn
-        // them.
-        if let Some(storage) = self.storage.as_mut() {
-            if let Err(error) = storage.write(&[]) {
-                warn!(%error, "cannot write deferred chosen marks at shutdown");
             }
         }
         // Callers still waiting get an answer (their reply channels close).
