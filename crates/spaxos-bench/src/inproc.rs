@@ -5,17 +5,18 @@
 //! timed). Then rounds: the leader takes new proposals until `window` are
 //! outstanding; every replica's output is collected and all messages are
 //! delivered; repeat until `n` are chosen. Latency is propose → outcome on
-//! the leader. Values are built inside the timed section. At the end every
-//! replica must hold the same chosen log (checked by a digest).
+//! the leader. Values are built inside the timed section. Every replica must
+//! deliver the same chosen log: each delivered entry is compared with the
+//! other replicas' entry at that index, byte for byte, as soon as all have
+//! delivered it, and at the end every replica must have delivered all `n`.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use clap::Args;
 use hdrhistogram::Histogram;
-use spaxos_core::{CoreConfig, Message, Node, Outcome, Ready, Value};
-
-use crate::digest::Digest;
+use spaxos_core::{ChosenItem, CoreConfig, Message, Node, Outcome, Ready, Value};
 
 /// Options of the `inproc` mode.
 #[derive(Args, Debug)]
@@ -42,7 +43,11 @@ struct Cluster {
     nodes: Vec<Node>,
     /// One reusable output buffer per node (see `Node::ready_into`).
     readies: Vec<Ready>,
-    digests: Vec<Digest>,
+    /// Per replica, delivered entries not yet compared with every other
+    /// replica's entry at the same index.
+    unchecked: Vec<VecDeque<ChosenItem>>,
+    /// Entries every replica delivered and that matched.
+    agreed: u64,
     inbox: Vec<Message>,
     messages: u64,
     records: u64,
@@ -70,7 +75,8 @@ impl Cluster {
         Cluster {
             readies: (0..n).map(|_| Ready::default()).collect(),
             nodes,
-            digests: vec![Digest::default(); n as usize],
+            unchecked: (0..n).map(|_| VecDeque::new()).collect(),
+            agreed: 0,
             inbox: Vec::new(),
             messages: 0,
             records: 0,
@@ -78,16 +84,15 @@ impl Cluster {
     }
 
     /// Collects every node's output (persistence is instant), then delivers
-    /// all messages. Returns the leader's outcomes.
-    fn round(&mut self, outcomes: &mut Vec<(u64, Outcome)>) {
+    /// all messages. Returns the leader's outcomes; fails if two replicas
+    /// delivered different entries.
+    fn round(&mut self, outcomes: &mut Vec<(u64, Outcome)>) -> Result<(), String> {
         for (slot, node) in self.nodes.iter_mut().enumerate() {
             let ready = &mut self.readies[slot];
             node.ready_into(ready);
             self.records += ready.records.len() as u64;
             ready.records.clear();
-            for item in ready.chosen.drain(..) {
-                self.digests[slot].add(&item);
-            }
+            self.unchecked[slot].extend(ready.chosen.drain(..));
             if slot == 0 {
                 outcomes.append(&mut ready.outcomes);
             } else {
@@ -102,6 +107,28 @@ impl Cluster {
             let to = (msg.to - 1) as usize;
             self.nodes[to].step(msg);
         }
+        self.compare_delivered()
+    }
+
+    /// Compares the entries every replica has delivered: same index, same
+    /// reqid, same bytes. Comparing bytes with `==` is cheaper than hashing
+    /// every replica's copy and proves more than a digest.
+    fn compare_delivered(&mut self) -> Result<(), String> {
+        let common = self.unchecked.iter().map(VecDeque::len).min().unwrap_or(0);
+        let (first, others) = self.unchecked.split_first_mut().expect("replicas");
+        for reference in first.drain(..common) {
+            for (slot, other) in others.iter_mut().enumerate() {
+                let item = other.pop_front().expect("at least `common` entries");
+                if item != reference {
+                    return Err(format!(
+                        "replica {} delivered {item:?} where replica 1 delivered {reference:?}",
+                        slot + 2
+                    ));
+                }
+            }
+            self.agreed += 1;
+        }
+        Ok(())
     }
 }
 
@@ -125,13 +152,13 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
             break;
         }
         cluster.nodes[0].tick();
-        cluster.round(&mut outcomes);
+        cluster.round(&mut outcomes)?;
     }
     if !cluster.nodes[0].is_leader() {
         return Err("no leader elected".into());
     }
     for _ in 0..4 {
-        cluster.round(&mut outcomes);
+        cluster.round(&mut outcomes)?;
     }
     outcomes.clear();
     cluster.messages = 0;
@@ -172,7 +199,7 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
         for result in cluster.nodes[0].propose_batch(std::mem::take(&mut batch)) {
             result.map_err(|e| format!("propose: {e}"))?;
         }
-        cluster.round(&mut outcomes);
+        cluster.round(&mut outcomes)?;
         rounds += 1;
         let now = Instant::now();
         for (reqid, outcome) in outcomes.drain(..) {
@@ -202,19 +229,18 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
         for node in cluster.nodes.iter_mut() {
             node.tick();
         }
-        cluster.round(&mut outcomes);
+        cluster.round(&mut outcomes)?;
     }
-    let leader_digest = cluster.digests[0];
-    for (slot, digest) in cluster.digests.iter().enumerate() {
-        if *digest != leader_digest {
-            return Err(format!(
-                "replica {} disagrees with the leader: {digest:?} vs {leader_digest:?}",
-                slot + 1
-            ));
-        }
-    }
-    if leader_digest.count < args.n {
-        return Err(format!("only {} entries chosen", leader_digest.count));
+    if cluster.agreed < args.n || cluster.unchecked.iter().any(|q| !q.is_empty()) {
+        let delivered: Vec<u64> = cluster
+            .unchecked
+            .iter()
+            .map(|q| cluster.agreed + q.len() as u64)
+            .collect();
+        return Err(format!(
+            "replicas delivered {delivered:?} entries, {} of them on all; expected {}",
+            cluster.agreed, args.n
+        ));
     }
     let line = serde_json::json!({
         "system": "spaxos",
@@ -235,4 +261,44 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
     });
     println!("{line}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(index: u64, reqid: u64, payload: &'static [u8]) -> ChosenItem {
+        ChosenItem {
+            index,
+            value: Value::One {
+                reqid,
+                value: payload.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn delivered_entries_are_compared_once_every_replica_has_them() {
+        let mut cluster = Cluster::new(3, 10, None);
+        cluster.unchecked[0].extend([item(1, 7, b"a"), item(2, 8, b"b")]);
+        cluster.unchecked[1].extend([item(1, 7, b"a"), item(2, 8, b"b")]);
+        cluster.unchecked[2].push_back(item(1, 7, b"a"));
+        cluster.compare_delivered().unwrap();
+        assert_eq!(cluster.agreed, 1);
+        assert_eq!(cluster.unchecked[0].len(), 1);
+        // One byte differs on the third replica.
+        cluster.unchecked[2].push_back(item(2, 8, b"c"));
+        let err = cluster.compare_delivered().unwrap_err();
+        assert!(err.contains("replica 3"), "{err}");
+    }
+
+    #[test]
+    fn a_different_index_or_reqid_is_a_disagreement() {
+        for other in [item(2, 7, b"a"), item(1, 9, b"a")] {
+            let mut cluster = Cluster::new(2, 10, None);
+            cluster.unchecked[0].push_back(item(1, 7, b"a"));
+            cluster.unchecked[1].push_back(other);
+            assert!(cluster.compare_delivered().is_err());
+        }
+    }
 }
