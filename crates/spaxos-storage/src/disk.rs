@@ -687,6 +687,10 @@ impl Storage for DiskStorage {
         Ok(())
     }
 
+    fn deferred_marks(&self) -> usize {
+        self.deferred.len()
+    }
+
     fn recover(&self, dedup_window: u64) -> Result<RecoveredState, StorageError> {
         self.state
             .recover(dedup_window, |index, held| self.load(index, held))

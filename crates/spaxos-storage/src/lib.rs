@@ -74,6 +74,13 @@ pub trait Storage: Send {
         self.write(batch)
     }
 
+    /// Chosen marks taken by [`Storage::write_deferred`] that are not
+    /// durable yet: the next `write` (an empty one will do) makes them so.
+    /// 0 for a store that writes deferred marks at once (the default).
+    fn deferred_marks(&self) -> usize {
+        0
+    }
+
     /// The state as of the last successful write. `chosen_through` is the
     /// largest k such that every index in (compacted_through, k] is chosen
     /// (k >= compacted_through); `instances` holds every index above

@@ -286,6 +286,7 @@ fn deferred_chosen_marks<H: Harness>(h: &mut H) {
     assert_eq!(store.recover(10).unwrap().chosen_through, 60);
     // The last mark waits for a write to carry it; an empty one does.
     store.write(&[]).unwrap();
+    assert_eq!(store.deferred_marks(), 0);
     let store = h.reopen(store);
     let recovered = store.recover(10).unwrap();
     assert_eq!(recovered.chosen_through, 60);

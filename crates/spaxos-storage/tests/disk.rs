@@ -376,7 +376,9 @@ fn deferred_marks_reach_the_disk_only_inside_the_next_write() {
         "a deferred mark wrote bytes"
     );
     assert_eq!(store.chosen(1).unwrap(), Some(value(1, 40)));
+    assert_eq!(store.deferred_marks(), 1);
     store.write(&[accepted(3, 1, value(3, 40))]).unwrap();
+    assert_eq!(store.deferred_marks(), 0);
     store.write_deferred(&[Record::Chosen(2)]).unwrap();
     assert_eq!(store.recover(10).unwrap().chosen_through, 2);
     // A crash now: the disk holds what the last write left.
@@ -398,6 +400,7 @@ fn deferred_marks_reach_the_disk_only_inside_the_next_write() {
     // An empty write carries waiting marks, and so does closing the store.
     store.write_deferred(&[Record::Chosen(2)]).unwrap();
     store.write(&[]).unwrap();
+    assert_eq!(store.deferred_marks(), 0);
     store.write_deferred(&[Record::Chosen(3)]).unwrap();
     drop(store);
     let store = open(dir.path(), options);
@@ -428,7 +431,9 @@ fn too_many_deferred_marks_are_written_at_once() {
         before,
         "written early"
     );
+    assert_eq!(store.deferred_marks(), held as usize);
     store.write_deferred(&[Record::Chosen(held + 1)]).unwrap();
+    assert_eq!(store.deferred_marks(), 0);
     assert!(
         fs::metadata(&segment).unwrap().len() > before,
         "nothing written"

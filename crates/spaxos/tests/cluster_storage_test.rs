@@ -337,3 +337,134 @@ fn compacted_indices_are_reported_as_such() {
     assert_eq!(node.checkpoint(10), Ok(0));
     node.shutdown();
 }
+
+/// One call the runtime made on a [`RecordingStorage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StorageCall {
+    deferred: bool,
+    records: usize,
+    /// `deferred_marks()` right after the call.
+    marks_waiting: usize,
+    at: Instant,
+}
+
+/// A DiskStorage that logs every write the runtime makes.
+struct RecordingStorage {
+    inner: spaxos::DiskStorage,
+    calls: Arc<std::sync::Mutex<Vec<StorageCall>>>,
+}
+
+impl RecordingStorage {
+    fn log(&self, deferred: bool, records: usize) {
+        self.calls.lock().expect("log lock").push(StorageCall {
+            deferred,
+            records,
+            marks_waiting: self.inner.deferred_marks(),
+            at: Instant::now(),
+        });
+    }
+}
+
+impl Storage for RecordingStorage {
+    fn write(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        let result = self.inner.write(batch);
+        self.log(false, batch.len());
+        result
+    }
+
+    fn write_deferred(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        let result = self.inner.write_deferred(batch);
+        self.log(true, batch.len());
+        result
+    }
+
+    fn deferred_marks(&self) -> usize {
+        self.inner.deferred_marks()
+    }
+
+    fn recover(&self, dedup_window: u64) -> Result<RecoveredState, StorageError> {
+        self.inner.recover(dedup_window)
+    }
+
+    fn chosen(&self, index: Index) -> Result<Option<Value>, StorageError> {
+        self.inner.chosen(index)
+    }
+
+    fn chosen_range(
+        &self,
+        from: Index,
+        to: Index,
+        bytes_max: usize,
+    ) -> Result<Vec<(Index, Value)>, StorageError> {
+        self.inner.chosen_range(from, to, bytes_max)
+    }
+
+    fn bounds(&self) -> (Index, Index) {
+        self.inner.bounds()
+    }
+
+    fn compact(&mut self, through: Index) -> Result<(), StorageError> {
+        self.inner.compact(through)
+    }
+}
+
+/// Chosen marks deferred by a node that then goes quiet do not wait for a
+/// write that may never come: an empty write makes them durable soon
+/// (after ~10 ms without a write), not only at the next proposal or a
+/// clean close.
+#[test]
+fn deferred_chosen_marks_are_written_soon_after_the_node_goes_quiet() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let storage = RecordingStorage {
+        inner: spaxos::DiskStorage::open(dir.path()).expect("open store"),
+        calls: calls.clone(),
+    };
+    let ports = free_ports(1);
+    let node =
+        Spaxos::start_with_storage(node_config(&ports, 1), Box::new(storage)).expect("node starts");
+    let mut last = 0;
+    for reqid in 1..=20 {
+        last = chosen_index(&node, reqid);
+        // Quiet between some proposals, as a lightly used node is.
+        if reqid % 5 == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The last proposal's marks are flushed once the node is quiet (polled:
+    // no timing is asserted, only that it happens without another write).
+    let deadline = Instant::now() + WAIT;
+    let log = loop {
+        let log = calls.lock().expect("log lock").clone();
+        if log
+            .last()
+            .is_some_and(|c| !c.deferred && c.marks_waiting == 0)
+            || Instant::now() > deadline
+        {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        log.iter().any(|c| c.deferred && c.marks_waiting > 0),
+        "a one-node leader deferred no chosen marks: {log:?}"
+    );
+    let last_call = log.last().expect("writes happened");
+    assert!(
+        !last_call.deferred && last_call.records == 0 && last_call.marks_waiting == 0,
+        "the node went quiet with marks waiting and no flush: {log:?}"
+    );
+    // Every deferral is followed by a write that carries its marks.
+    for (i, call) in log.iter().enumerate().filter(|(_, c)| c.deferred) {
+        assert!(
+            log[i + 1..].iter().any(|c| !c.deferred),
+            "deferred write {i} ({call:?}) never followed by a write: {log:?}"
+        );
+    }
+    assert_eq!(
+        node.get(last).expect("get").and_then(|v| v.reqid()),
+        Some(20)
+    );
+    node.shutdown();
+}

@@ -38,11 +38,14 @@ pub struct Metrics {
     pub rounds: u64,
     /// Proposals handed to the core.
     pub proposals: u64,
-    /// Storage writes, each one durable batch (one `fdatasync` on disk).
+    /// Storage writes, each one durable batch (one `fdatasync` on disk),
+    /// including the empty writes that flush deferred chosen marks after
+    /// ~10 ms without another write.
     pub storage_writes: u64,
     /// Groups of `Chosen` marks alone, which release nothing and so were
     /// handed to `Storage::write_deferred`: no `fdatasync` of their own,
-    /// they ride in the next write.
+    /// they ride in the next write. (A group the store had to write at
+    /// once counts as a storage write.)
     pub deferred_writes: u64,
     /// Records in all those writes.
     pub records_written: u64,

@@ -8,6 +8,12 @@
 //! their catch-up reads; then answer API requests (get, ordered-stream
 //! reads, compaction). A request queued behind a job sees that job's writes.
 //!
+//! Chosen marks that release nothing are handed to
+//! `Storage::write_deferred` (no sync of their own; the next write carries
+//! them). When no write follows within [`DEFERRED_MARKS_FLUSH_AFTER`], an
+//! empty write makes them durable, so a node that goes quiet does not keep
+//! its last marks in memory only.
+//!
 //! A failed write acknowledges nothing: its messages are dropped. Then, as
 //! the seed says, the ST rebuilds: it reopens storage (a store refuses writes
 //! after a failure), recovers what is durable, and hands it to the SMT,
@@ -18,7 +24,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use spaxos_core::{Body, Message, NodeId, ReadRequest, Record};
 use spaxos_storage::{Storage, StorageError};
 use tracing::{debug, error, info, warn};
@@ -36,6 +42,11 @@ pub type ReopenStorage = Box<dyn FnMut() -> Result<Box<dyn Storage>, StorageErro
 /// so a disk that stays broken costs little CPU and log volume.
 const REBUILD_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const REBUILD_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// Deferred chosen marks wait at most this long for a write to carry them
+/// before an empty write does (under load the next group always comes
+/// sooner; when the node goes quiet this bounds what a crash can lose).
+pub(crate) const DEFERRED_MARKS_FLUSH_AFTER: Duration = Duration::from_millis(10);
 
 pub(crate) struct StorageThread {
     /// `None` only after a rebuild failed: the node is stopping.
@@ -60,8 +71,24 @@ impl StorageThread {
         let mut jobs: Vec<Job> = Vec::new();
         let mut requests: Vec<StorageInput> = Vec::new();
         loop {
-            let Ok(first) = self.inputs.recv() else {
-                break;
+            let marks_waiting = self
+                .storage
+                .as_ref()
+                .is_some_and(|storage| storage.deferred_marks() > 0);
+            let first = if marks_waiting {
+                match self.inputs.recv_timeout(DEFERRED_MARKS_FLUSH_AFTER) {
+                    Ok(input) => input,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.flush_deferred_marks();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.inputs.recv() {
+                    Ok(input) => input,
+                    Err(_) => break,
+                }
             };
             let mut shutdown = false;
             let mut taken = 0;
@@ -142,9 +169,12 @@ impl StorageThread {
             }
             self.failed_writes_in_a_row = 0;
             let counters = &self.shared.counters;
-            let writes = match deferrable {
-                true => &counters.deferred_writes,
-                false => &counters.storage_writes,
+            // A store may write deferred marks at once (one without
+            // deferral, or past its cap): then they cost a sync.
+            let synced = !deferrable || storage.deferred_marks() == 0;
+            let writes = match synced {
+                true => &counters.storage_writes,
+                false => &counters.deferred_writes,
             };
             Counters::add(writes, 1);
             Counters::add(&counters.records_written, records.len() as u64);
@@ -170,6 +200,22 @@ impl StorageThread {
                 generation,
                 messages: to_self,
             });
+        }
+    }
+
+    /// No write came to carry the deferred chosen marks: an empty one does.
+    fn flush_deferred_marks(&mut self) {
+        let Some(storage) = self.storage.as_mut() else {
+            return;
+        };
+        match storage.write(&[]) {
+            Ok(()) => {
+                self.failed_writes_in_a_row = 0;
+                Counters::add(&self.shared.counters.storage_writes, 1);
+            }
+            // The marks were promised to nobody, but the store is broken
+            // all the same: the next job would meet the same error.
+            Err(write_error) => self.rebuild(write_error),
         }
     }
 
