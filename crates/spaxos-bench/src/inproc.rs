@@ -202,13 +202,24 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
         cluster.round(&mut outcomes)?;
         rounds += 1;
         let now = Instant::now();
+        // Proposals of one batch share their start, so their latencies are
+        // recorded as one count per batch (the same histogram, without a
+        // subtraction and a record per proposal).
+        let mut same_start: Option<(Instant, u64)> = None;
         for (reqid, outcome) in outcomes.drain(..) {
             match outcome {
                 Outcome::Chosen { .. } => {
                     chosen += 1;
-                    if let Some(t) = proposed_at[reqid as usize].take() {
-                        let nanos = now.duration_since(t).as_nanos() as u64;
-                        latency.record(nanos.max(1)).map_err(|e| e.to_string())?;
+                    let Some(t) = proposed_at[reqid as usize].take() else {
+                        continue;
+                    };
+                    match &mut same_start {
+                        Some((start, count)) if *start == t => *count += 1,
+                        run => {
+                            if let Some((start, count)) = run.replace((t, 1)) {
+                                record_latencies(&mut latency, now, start, count)?;
+                            }
+                        }
                     }
                 }
                 Outcome::Lost { index } => {
@@ -217,6 +228,9 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
                     ))
                 }
             }
+        }
+        if let Some((start, count)) = same_start {
+            record_latencies(&mut latency, now, start, count)?;
         }
         if rounds > args.n * 100 + 1000 {
             return Err(format!("no progress: {chosen} of {} chosen", args.n));
@@ -261,6 +275,19 @@ pub fn run(args: &InprocArgs) -> Result<(), String> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// Records `count` proposals started at `start` and decided by `now`.
+fn record_latencies(
+    latency: &mut Histogram<u64>,
+    now: Instant,
+    start: Instant,
+    count: u64,
+) -> Result<(), String> {
+    let nanos = now.duration_since(start).as_nanos() as u64;
+    latency
+        .record_n(nanos.max(1), count)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
