@@ -129,6 +129,8 @@ impl Node {
             let raw_reqid = raw.reqid();
             let mut value = raw;
             if let Some(reqid) = raw_reqid {
+                // Followers usually have nothing pending: skip the lookups.
+                let mine = !self.pending.is_empty();
                 if let Some(first) = self.recent.insert(index, reqid) {
                     // The same request reached the log twice (a retry across
                     // a leader change). Every node decides this the same way
@@ -144,12 +146,12 @@ impl Node {
                     }));
                     // Proposed again here after it was chosen: its outcome
                     // is where it first went.
-                    if self.pending.remove(&reqid).is_some() {
+                    if mine && self.pending.remove(&reqid).is_some() {
                         self.out
                             .outcomes
                             .push((reqid, Outcome::Chosen { index: first }));
                     }
-                } else if self.pending.remove(&reqid).is_some() {
+                } else if mine && self.pending.remove(&reqid).is_some() {
                     self.out.outcomes.push((reqid, Outcome::Chosen { index }));
                 }
                 if let RoleState::Leader(l) = &mut self.role {

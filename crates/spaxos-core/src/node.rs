@@ -362,28 +362,27 @@ impl Node {
                 max: self.cfg.value_bytes_max,
             });
         }
-        if self.pending.contains_key(&reqid) {
+        let pending = self.pending.len();
+        let leading = self.is_leader();
+        // One probe of `pending` for the duplicate check and the insert.
+        let std::collections::hash_map::Entry::Vacant(slot) = self.pending.entry(reqid) else {
             return Err(ProposeError::Duplicate(reqid));
-        }
-        if self.pending.len() >= self.cfg.proposal_queue_max {
-            return Err(ProposeError::Busy(self.pending.len()));
+        };
+        if pending >= self.cfg.proposal_queue_max {
+            return Err(ProposeError::Busy(pending));
         }
         if let Some(index) = self.recent.get(reqid) {
             // Already in the log: that is its outcome, and no slot is spent.
             self.out.outcomes.push((reqid, Outcome::Chosen { index }));
             return Ok(());
         }
-        let leading = self.is_leader();
         let submit = leading.then(|| value.clone());
-        self.pending.insert(
-            reqid,
-            Pending {
-                value,
-                assigned: None,
-                forwarded: false,
-                sent_at: self.now,
-            },
-        );
+        slot.insert(Pending {
+            value,
+            assigned: None,
+            forwarded: false,
+            sent_at: self.now,
+        });
         match submit {
             // Fast path: no second lookup of what we just inserted.
             Some(value) => self.leader_submit(value, self.id),
