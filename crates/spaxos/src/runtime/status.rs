@@ -39,8 +39,8 @@ pub struct Metrics {
     /// Proposals handed to the core.
     pub proposals: u64,
     /// Storage writes, each one durable batch (one `fdatasync` on disk),
-    /// including the empty writes that flush deferred chosen marks after
-    /// ~10 ms without another write.
+    /// including the empty writes that flush deferred chosen marks no other
+    /// write carried within ~10 ms.
     pub storage_writes: u64,
     /// Groups of `Chosen` marks alone, which release nothing and so were
     /// handed to `Storage::write_deferred`: no `fdatasync` of their own,

@@ -10,9 +10,10 @@
 //!
 //! Chosen marks that release nothing are handed to
 //! `Storage::write_deferred` (no sync of their own; the next write carries
-//! them). When no write follows within [`DEFERRED_MARKS_FLUSH_AFTER`], an
-//! empty write makes them durable, so a node that goes quiet does not keep
-//! its last marks in memory only.
+//! them). When no write has carried them [`DEFERRED_MARKS_FLUSH_AFTER`]
+//! after the first was deferred, an empty write makes them durable, so a
+//! node that goes quiet (or only serves reads) does not keep its last marks
+//! in memory only.
 //!
 //! A failed write acknowledges nothing: its messages are dropped. Then, as
 //! the seed says, the ST rebuilds: it reopens storage (a store refuses writes
@@ -22,7 +23,7 @@
 //! recovered, the node stops with that error.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use spaxos_core::{Body, Message, NodeId, ReadRequest, Record};
@@ -43,9 +44,10 @@ pub type ReopenStorage = Box<dyn FnMut() -> Result<Box<dyn Storage>, StorageErro
 const REBUILD_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const REBUILD_BACKOFF_MIN: Duration = Duration::from_millis(10);
 
-/// Deferred chosen marks wait at most this long for a write to carry them
-/// before an empty write does (under load the next group always comes
-/// sooner; when the node goes quiet this bounds what a crash can lose).
+/// Deferred chosen marks wait at most about this long (from the first of
+/// them) for a write to carry them before an empty write does, whatever
+/// else the storage thread is doing meanwhile (under load the next write
+/// comes sooner; when the node goes quiet this bounds what a crash can lose).
 pub(crate) const DEFERRED_MARKS_FLUSH_AFTER: Duration = Duration::from_millis(10);
 
 pub(crate) struct StorageThread {
@@ -70,25 +72,11 @@ impl StorageThread {
     pub fn run(mut self) {
         let mut jobs: Vec<Job> = Vec::new();
         let mut requests: Vec<StorageInput> = Vec::new();
+        // When the oldest deferred chosen mark must be written by.
+        let mut marks_deadline: Option<Instant> = None;
         loop {
-            let marks_waiting = self
-                .storage
-                .as_ref()
-                .is_some_and(|storage| storage.deferred_marks() > 0);
-            let first = if marks_waiting {
-                match self.inputs.recv_timeout(DEFERRED_MARKS_FLUSH_AFTER) {
-                    Ok(input) => input,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.flush_deferred_marks();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match self.inputs.recv() {
-                    Ok(input) => input,
-                    Err(_) => break,
-                }
+            let Some(first) = self.next_input(&mut marks_deadline) else {
+                break;
             };
             let mut shutdown = false;
             let mut taken = 0;
@@ -123,6 +111,39 @@ impl StorageThread {
             drop(input);
         }
         info!("storage thread stopped");
+    }
+
+    /// The next input; meanwhile, deferred chosen marks that have waited
+    /// [`DEFERRED_MARKS_FLUSH_AFTER`] are written by an empty write, even if
+    /// inputs keep coming (reads, jobs without records) and no write does.
+    /// `None` when every sender is gone.
+    fn next_input(&mut self, marks_deadline: &mut Option<Instant>) -> Option<StorageInput> {
+        loop {
+            let marks_waiting = self
+                .storage
+                .as_ref()
+                .is_some_and(|storage| storage.deferred_marks() > 0);
+            let deadline = match (marks_waiting, *marks_deadline) {
+                (false, _) => {
+                    *marks_deadline = None;
+                    return self.inputs.recv().ok();
+                }
+                (true, Some(deadline)) => deadline,
+                (true, None) => *marks_deadline.insert(Instant::now() + DEFERRED_MARKS_FLUSH_AFTER),
+            };
+            // A receive with a passed deadline still takes a queued input,
+            // so a steady stream of inputs would never time out: check first.
+            if Instant::now() >= deadline {
+                self.flush_deferred_marks();
+                *marks_deadline = None;
+                continue;
+            }
+            match self.inputs.recv_deadline(deadline) {
+                Ok(input) => return Some(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
     }
 
     /// Writes the records of `jobs` in one batch, then releases their
