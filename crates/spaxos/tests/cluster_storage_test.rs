@@ -47,7 +47,7 @@ fn node_config(ports: &[u16], selfid: NodeId) -> Config {
     Config::from_json(&json).expect("test config parses")
 }
 
-/// A switch shared by a test and its [`FlakyStorage`].
+/// A switch shared by a test and its [`TestStorage`].
 #[derive(Clone, Default)]
 struct WriteFaults {
     failing: Arc<AtomicBool>,
@@ -64,22 +64,69 @@ impl WriteFaults {
     }
 }
 
-/// MemStorage whose writes fail (changing nothing, like a full disk) while
-/// the switch is on.
-struct FlakyStorage {
-    inner: MemStorage,
-    faults: WriteFaults,
+/// One write the runtime made on a [`TestStorage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StorageCall {
+    deferred: bool,
+    records: usize,
+    /// `deferred_marks()` right after the call.
+    marks_waiting: usize,
 }
 
-impl Storage for FlakyStorage {
-    fn write(&mut self, batch: &[Record]) -> Result<(), StorageError> {
-        if self.faults.failing.load(Ordering::SeqCst) {
-            self.faults.failed_writes.fetch_add(1, Ordering::SeqCst);
-            return Err(StorageError::Failed {
-                first_error: "injected: disk full".to_string(),
-            });
+/// A store the tests can break and watch: its writes fail (changing
+/// nothing, like a full disk) while the `faults` switch is on, and every
+/// write that reaches the inner store is logged in `calls`.
+struct TestStorage {
+    inner: Box<dyn Storage>,
+    faults: WriteFaults,
+    calls: Arc<std::sync::Mutex<Vec<StorageCall>>>,
+}
+
+impl TestStorage {
+    fn new(inner: impl Storage + 'static) -> TestStorage {
+        TestStorage {
+            inner: Box::new(inner),
+            faults: WriteFaults::default(),
+            calls: Arc::default(),
         }
-        self.inner.write(batch)
+    }
+
+    fn injected_failure(&self) -> Result<(), StorageError> {
+        if !self.faults.failing.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.faults.failed_writes.fetch_add(1, Ordering::SeqCst);
+        Err(StorageError::Failed {
+            first_error: "injected: disk full".to_string(),
+        })
+    }
+
+    fn log(&self, deferred: bool, records: usize) {
+        self.calls.lock().expect("log lock").push(StorageCall {
+            deferred,
+            records,
+            marks_waiting: self.inner.deferred_marks(),
+        });
+    }
+}
+
+impl Storage for TestStorage {
+    fn write(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        self.injected_failure()?;
+        let result = self.inner.write(batch);
+        self.log(false, batch.len());
+        result
+    }
+
+    fn write_deferred(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        self.injected_failure()?;
+        let result = self.inner.write_deferred(batch);
+        self.log(true, batch.len());
+        result
+    }
+
+    fn deferred_marks(&self) -> usize {
+        self.inner.deferred_marks()
     }
 
     fn recover(&self, dedup_window: u64) -> Result<RecoveredState, StorageError> {
@@ -109,11 +156,8 @@ impl Storage for FlakyStorage {
 }
 
 fn flaky_node(ports: &[u16], id: NodeId) -> (Spaxos, WriteFaults) {
-    let faults = WriteFaults::default();
-    let storage = FlakyStorage {
-        inner: MemStorage::new(),
-        faults: faults.clone(),
-    };
+    let storage = TestStorage::new(MemStorage::new());
+    let faults = storage.faults.clone();
     let node =
         Spaxos::start_with_storage(node_config(ports, id), Box::new(storage)).expect("node starts");
     (node, faults)
@@ -231,11 +275,8 @@ fn a_node_with_a_failing_disk_rejoins_with_an_identical_log() {
 fn unrecoverable_storage_stops_the_node_with_a_clear_error() {
     init_tracing();
     let ports = free_ports(1);
-    let faults = WriteFaults::default();
-    let storage = FlakyStorage {
-        inner: MemStorage::new(),
-        faults: faults.clone(),
-    };
+    let storage = TestStorage::new(MemStorage::new());
+    let faults = storage.faults.clone();
     let reopen: spaxos::ReopenStorage = Box::new(|| {
         Err(StorageError::Failed {
             first_error: "injected: device gone".to_string(),
@@ -338,77 +379,7 @@ fn compacted_indices_are_reported_as_such() {
     node.shutdown();
 }
 
-/// One call the runtime made on a [`RecordingStorage`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct StorageCall {
-    deferred: bool,
-    records: usize,
-    /// `deferred_marks()` right after the call.
-    marks_waiting: usize,
-    at: Instant,
-}
-
-/// A DiskStorage that logs every write the runtime makes.
-struct RecordingStorage {
-    inner: spaxos::DiskStorage,
-    calls: Arc<std::sync::Mutex<Vec<StorageCall>>>,
-}
-
-impl RecordingStorage {
-    fn log(&self, deferred: bool, records: usize) {
-        self.calls.lock().expect("log lock").push(StorageCall {
-            deferred,
-            records,
-            marks_waiting: self.inner.deferred_marks(),
-            at: Instant::now(),
-        });
-    }
-}
-
-impl Storage for RecordingStorage {
-    fn write(&mut self, batch: &[Record]) -> Result<(), StorageError> {
-        let result = self.inner.write(batch);
-        self.log(false, batch.len());
-        result
-    }
-
-    fn write_deferred(&mut self, batch: &[Record]) -> Result<(), StorageError> {
-        let result = self.inner.write_deferred(batch);
-        self.log(true, batch.len());
-        result
-    }
-
-    fn deferred_marks(&self) -> usize {
-        self.inner.deferred_marks()
-    }
-
-    fn recover(&self, dedup_window: u64) -> Result<RecoveredState, StorageError> {
-        self.inner.recover(dedup_window)
-    }
-
-    fn chosen(&self, index: Index) -> Result<Option<Value>, StorageError> {
-        self.inner.chosen(index)
-    }
-
-    fn chosen_range(
-        &self,
-        from: Index,
-        to: Index,
-        bytes_max: usize,
-    ) -> Result<Vec<(Index, Value)>, StorageError> {
-        self.inner.chosen_range(from, to, bytes_max)
-    }
-
-    fn bounds(&self) -> (Index, Index) {
-        self.inner.bounds()
-    }
-
-    fn compact(&mut self, through: Index) -> Result<(), StorageError> {
-        self.inner.compact(through)
-    }
-}
-
-/// A one-node group on a [`RecordingStorage`] over a fresh DiskStorage.
+/// A one-node group on a [`TestStorage`] over a fresh DiskStorage.
 fn recorded_node() -> (
     Spaxos,
     Arc<std::sync::Mutex<Vec<StorageCall>>>,
@@ -416,11 +387,8 @@ fn recorded_node() -> (
 ) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let storage = RecordingStorage {
-        inner: spaxos::DiskStorage::open(dir.path()).expect("open store"),
-        calls: calls.clone(),
-    };
+    let storage = TestStorage::new(spaxos::DiskStorage::open(dir.path()).expect("open store"));
+    let calls = storage.calls.clone();
     let ports = free_ports(1);
     let node =
         Spaxos::start_with_storage(node_config(&ports, 1), Box::new(storage)).expect("node starts");
