@@ -576,13 +576,19 @@ impl DiskStorage {
 }
 
 impl DiskStorage {
+    /// A store whose write failed refuses every later write with that error.
+    fn refuse_if_failed(&self) -> Result<(), StorageError> {
+        match &self.failed {
+            Some(first_error) => Err(StorageError::Failed {
+                first_error: first_error.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Appends `batch` as one frame and makes it durable.
     fn append(&mut self, batch: &[Record]) -> Result<(), StorageError> {
-        if let Some(first_error) = &self.failed {
-            return Err(StorageError::Failed {
-                first_error: first_error.clone(),
-            });
-        }
+        self.refuse_if_failed()?;
         self.state.validate(batch)?;
         if !self.encode_batch(batch)? {
             return Ok(());
@@ -664,11 +670,7 @@ impl Storage for DiskStorage {
     }
 
     fn write_deferred(&mut self, batch: &[Record]) -> Result<(), StorageError> {
-        if let Some(first_error) = &self.failed {
-            return Err(StorageError::Failed {
-                first_error: first_error.clone(),
-            });
-        }
+        self.refuse_if_failed()?;
         crate::check_deferrable(batch)?;
         self.state.validate(batch)?;
         if self.deferred.len() + batch.len() > DEFERRED_MARKS_MAX {
