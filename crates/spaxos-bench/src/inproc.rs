@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use clap::Args;
 use hdrhistogram::Histogram;
-use spaxos_core::{ChosenItem, CoreConfig, Message, Node, Outcome, Ready, Value};
+use spaxos_core::{ChosenItem, CoreConfig, Message, Node, Outcome, Ready, Record, Value};
 
 /// Options of the `inproc` mode.
 #[derive(Args, Debug)]
@@ -91,7 +91,7 @@ impl Cluster {
         for (slot, node) in self.nodes.iter_mut().enumerate() {
             let ready = &mut self.readies[slot];
             node.ready_into(ready);
-            self.records += ready.records.len() as u64;
+            self.records += ready.records.iter().map(Record::entries).sum::<usize>() as u64;
             ready.records.clear();
             self.unchecked[slot].extend(ready.chosen.drain(..));
             if slot == 0 {

@@ -5,7 +5,7 @@
 use crate::message::{Body, PromiseEntry};
 use crate::node::{Node, RoleState};
 use crate::ready::ReadRequest;
-use crate::types::{Ballot, Index, InstanceState, NodeId, Record, Value};
+use crate::types::{Ballot, Index, NodeId, Record, Value};
 
 impl Node {
     /// The promise in force at `index`: the per-index promise or the
@@ -182,36 +182,47 @@ impl Node {
         let mut accepted = Vec::with_capacity(entries.len());
         let mut refused: Option<(Ballot, Index)> = None;
         let node_promise = self.state.promised;
-        self.out.records.reserve(entries.len());
-        for (index, value) in entries {
-            if index == 0 || index < self.base {
-                continue;
-            }
+        // The accepted entries become one record. While every entry is
+        // accepted that record is the message's own vector; from the first
+        // one skipped, the accepted ones are copied out instead.
+        let mut kept: Option<Vec<(Index, Value)>> = None;
+        for (position, (index, value)) in entries.iter().enumerate() {
+            let index = *index;
             // One lookup per entry: this loop is the follower's hot path.
-            let Some(inst) = self.instance_mut_bounded(index) else {
-                continue;
+            let inst = if index == 0 || index < self.base {
+                None
+            } else {
+                self.instance_mut_bounded(index)
             };
-            if inst.chosen {
-                continue;
-            }
-            let promised = inst.promised.max(node_promise);
-            if ballot < promised {
-                if refused.is_none_or(|r| promised > r.0) {
-                    refused = Some((promised, index));
+            let grant = match inst {
+                Some(inst) if !inst.chosen => {
+                    let promised = inst.promised.max(node_promise);
+                    if ballot < promised {
+                        if refused.is_none_or(|r| promised > r.0) {
+                            refused = Some((promised, index));
+                        }
+                        false
+                    } else {
+                        inst.promised = ballot;
+                        inst.accepted = ballot;
+                        inst.value = Some(value.clone());
+                        true
+                    }
                 }
-                continue;
+                _ => false,
+            };
+            if grant {
+                accepted.push(index);
+                if let Some(kept) = &mut kept {
+                    kept.push((index, value.clone()));
+                }
+            } else if kept.is_none() {
+                kept = Some(entries[..position].to_vec());
             }
-            inst.promised = ballot;
-            inst.accepted = ballot;
-            inst.value = Some(value.clone());
-            self.out.records.push(Record::Instance(InstanceState {
-                index,
-                promised: ballot,
-                accepted: ballot,
-                value: Some(value),
-                chosen: false,
-            }));
-            accepted.push(index);
+        }
+        if !accepted.is_empty() {
+            let entries = kept.unwrap_or(entries);
+            self.out.records.push(Record::Accepted { ballot, entries });
         }
         if !accepted.is_empty() {
             self.send(

@@ -117,6 +117,18 @@ impl Instance {
         self.chosen = true;
         self.proposer.take().is_some()
     }
+
+    /// Notes that the proposal `reqid` made on this node is tried here.
+    /// False if another one already is: the caller keeps `reqid` in
+    /// `Node::extra_origins`.
+    pub fn add_origin(&mut self, reqid: ReqId) -> bool {
+        if self.origin_reqid == 0 || self.origin_reqid == reqid {
+            self.origin_reqid = reqid;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A proposal made on this node that has no outcome yet.
@@ -364,6 +376,7 @@ impl Node {
         }
         let pending = self.pending.len();
         let leading = self.is_leader();
+        let free_index = self.leader_next_free_index(reqid);
         // One probe of `pending` for the duplicate check and the insert.
         let std::collections::hash_map::Entry::Vacant(slot) = self.pending.entry(reqid) else {
             return Err(ProposeError::Duplicate(reqid));
@@ -379,14 +392,16 @@ impl Node {
         let submit = leading.then(|| value.clone());
         slot.insert(Pending {
             value,
-            assigned: None,
+            assigned: free_index,
             forwarded: false,
             sent_at: self.now,
         });
-        match submit {
-            // Fast path: no second lookup of what we just inserted.
-            Some(value) => self.leader_submit(value, self.id),
-            None => self.dispatch(reqid),
+        match (free_index, submit) {
+            // The leader's fast path: the index is known, so neither the
+            // pending entry nor the instance is looked up again.
+            (Some(index), Some(value)) => self.leader_place_local(index, reqid, value),
+            (None, Some(value)) => self.leader_submit(value, self.id),
+            (_, None) => self.dispatch(reqid),
         }
         Ok(())
     }

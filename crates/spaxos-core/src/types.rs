@@ -130,9 +130,70 @@ pub enum Record {
     Node(NodeState),
     /// Replace the durable state of one instance.
     Instance(InstanceState),
+    /// Phase 2 of one batch: every `(index, value)` of `entries` was
+    /// accepted (and promised) at `ballot` and is not known chosen. The same
+    /// as one `Instance` record per entry, in order, with
+    /// `promised = accepted = ballot`, `value = Some(value)` and
+    /// `chosen = false`; one record per batch instead of one per entry.
+    Accepted {
+        ballot: Ballot,
+        entries: Vec<(Index, Value)>,
+    },
     /// The value held by the latest `Instance` record of this index is chosen.
     /// Saves writing the value twice in the common case.
     Chosen(Index),
+}
+
+impl Record {
+    /// How many records of one index each this stands for: the entries of
+    /// an `Accepted` record, else 1 (for counting what was written).
+    pub fn entries(&self) -> usize {
+        match self {
+            Record::Accepted { entries, .. } => entries.len(),
+            _ => 1,
+        }
+    }
+
+    /// `records` with every `Accepted` record written out as the `Instance`
+    /// records it stands for (one per entry, in order) and the others as
+    /// they are: for checkers and tests that compare durable state record
+    /// by record.
+    ///
+    /// ```
+    /// use spaxos_core::{Ballot, InstanceState, Record, Value};
+    /// let ballot = Ballot::new(1, 1);
+    /// let batch = [Record::Accepted { ballot, entries: vec![(7, Value::Noop)] }];
+    /// assert_eq!(
+    ///     Record::expand_accepted(&batch),
+    ///     vec![Record::Instance(InstanceState {
+    ///         index: 7,
+    ///         promised: ballot,
+    ///         accepted: ballot,
+    ///         value: Some(Value::Noop),
+    ///         chosen: false,
+    ///     })]
+    /// );
+    /// ```
+    pub fn expand_accepted(records: &[Record]) -> Vec<Record> {
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            match record {
+                Record::Accepted { ballot, entries } => {
+                    out.extend(entries.iter().map(|(index, value)| {
+                        Record::Instance(InstanceState {
+                            index: *index,
+                            promised: *ballot,
+                            accepted: *ballot,
+                            value: Some(value.clone()),
+                            chosen: false,
+                        })
+                    }))
+                }
+                other => out.push(other.clone()),
+            }
+        }
+        out
+    }
 }
 
 /// A decided log entry as handed to the application.

@@ -21,12 +21,13 @@ struct Durable {
 
 impl Durable {
     fn apply(&mut self, records: &[Record]) {
-        for record in records {
+        for record in &Record::expand_accepted(records) {
             match record {
                 Record::Node(state) => self.node = *state,
                 Record::Instance(st) => {
                     self.instances.insert(st.index, st.clone());
                 }
+                Record::Accepted { .. } => unreachable!("expanded above"),
                 Record::Chosen(index) => {
                     let st = self
                         .instances

@@ -151,46 +151,85 @@ pub fn decode_batch_header(bytes: &[u8]) -> Option<BatchHeader> {
     })
 }
 
-/// Appends one record frame (length, crc32c of length and payload, payload)
-/// to `out`.
+/// Appends the frames of one record (length, crc32c of length and payload,
+/// payload) to `out`: one frame, except for `Accepted`, which is written as
+/// one `Instance` frame per entry (so the file format has no batch record,
+/// and replay reads those back as `Instance` records).
 pub fn encode_record(out: &mut Vec<u8>, record: &Record) {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
     match record {
         Record::Node(node) => {
+            let start = begin_frame(out);
             out.push(TAG_NODE);
             put_u64(out, node.max_round);
             put_ballot(out, node.promised);
+            end_frame(out, start);
         }
-        Record::Instance(state) => {
-            out.push(TAG_INSTANCE);
-            put_u64(out, state.index);
-            put_ballot(out, state.promised);
-            put_ballot(out, state.accepted);
-            out.push(state.chosen as u8);
-            match &state.value {
-                None => out.push(VALUE_NONE),
-                Some(Value::Noop) => out.push(VALUE_NOOP),
-                Some(Value::One { reqid, value }) => {
-                    out.push(VALUE_ONE);
-                    put_u64(out, *reqid);
-                    put_bytes(out, value);
-                }
-                Some(Value::Many { reqid, values }) => {
-                    out.push(VALUE_MANY);
-                    put_u64(out, *reqid);
-                    out.extend_from_slice(&(values.len() as u32).to_le_bytes());
-                    for value in values.iter() {
-                        put_bytes(out, value);
-                    }
-                }
+        Record::Instance(state) => encode_instance(
+            out,
+            state.index,
+            state.promised,
+            state.accepted,
+            state.chosen,
+            state.value.as_ref(),
+        ),
+        Record::Accepted { ballot, entries } => {
+            for (index, value) in entries {
+                encode_instance(out, *index, *ballot, *ballot, false, Some(value));
             }
         }
         Record::Chosen(index) => {
+            let start = begin_frame(out);
             out.push(TAG_CHOSEN);
             put_u64(out, *index);
+            end_frame(out, start);
         }
     }
+}
+
+/// Appends one `Instance` frame.
+pub fn encode_instance(
+    out: &mut Vec<u8>,
+    index: Index,
+    promised: Ballot,
+    accepted: Ballot,
+    chosen: bool,
+    value: Option<&Value>,
+) {
+    let start = begin_frame(out);
+    out.push(TAG_INSTANCE);
+    put_u64(out, index);
+    put_ballot(out, promised);
+    put_ballot(out, accepted);
+    out.push(chosen as u8);
+    match value {
+        None => out.push(VALUE_NONE),
+        Some(Value::Noop) => out.push(VALUE_NOOP),
+        Some(Value::One { reqid, value }) => {
+            out.push(VALUE_ONE);
+            put_u64(out, *reqid);
+            put_bytes(out, value);
+        }
+        Some(Value::Many { reqid, values }) => {
+            out.push(VALUE_MANY);
+            put_u64(out, *reqid);
+            out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+            for value in values.iter() {
+                put_bytes(out, value);
+            }
+        }
+    }
+    end_frame(out, start);
+}
+
+/// Reserves a frame header; returns where the frame starts.
+fn begin_frame(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    start
+}
+
+/// Fills in the header of the frame begun at `start`.
+fn end_frame(out: &mut [u8], start: usize) {
     let payload_len = (out.len() - start - RECORD_HEADER_LEN) as u32;
     out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
     let crc = record_crc(&out[start..start + 4], &out[start + RECORD_HEADER_LEN..]);

@@ -135,9 +135,9 @@ pub struct DiskStorage {
     next_batch_seq: u64,
     /// Reused encoding buffer for batch frames.
     buffer: Vec<u8>,
-    /// (position in the batch, offset in `buffer`, frame length) of each
-    /// record written by the current `write`.
-    record_frames: Vec<(usize, usize, usize)>,
+    /// (position in the batch, entry within an `Accepted` record, offset in
+    /// `buffer`, frame length) of each frame written by the current `write`.
+    record_frames: Vec<(usize, usize, usize, usize)>,
     /// Set by the first failed write; later writes are refused.
     failed: Option<String>,
     /// Batch frame bytes appended since open (for benchmarks and metrics).
@@ -386,7 +386,7 @@ impl DiskStorage {
             let corrupt = |reason: &str| StorageError::corrupt(path, at as u64, reason);
             let (payload, frame_len) = codec::split_record(&data[at..body_end]).map_err(corrupt)?;
             let record = codec::decode_record(payload).map_err(corrupt)?;
-            let index = self.apply(segment_id, at as u64, frame_len, &record);
+            let index = self.apply(segment_id, at as u64, frame_len, &record, 0);
             if let Some(index) = index {
                 return Err(StorageError::corrupt(
                     path,
@@ -399,7 +399,8 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Applies one durable record found at `offset` of segment `segment_id`.
+    /// Applies one durable frame found at `offset` of segment `segment_id`:
+    /// `record`, or its entry `entry` if it is an `Accepted` record.
     /// Returns the index of a chosen mark that had no value to mark.
     fn apply(
         &mut self,
@@ -407,7 +408,15 @@ impl DiskStorage {
         offset: u64,
         frame_len: usize,
         record: &Record,
+        entry: usize,
     ) -> Option<Index> {
+        let stored = |value: &Value| ValueRef::Stored {
+            segment_id,
+            offset,
+            frame_len: frame_len as u32,
+            payload_len: value.payload_len() as u32,
+            reqid: value.reqid().unwrap_or(0),
+        };
         let record_index = match record {
             Record::Node(node) => {
                 self.state.node = *node;
@@ -416,16 +425,19 @@ impl DiskStorage {
             Record::Instance(instance) => {
                 let held = instance.value.as_ref().map(|value| match value {
                     Value::Noop => ValueRef::Noop,
-                    Value::One { .. } | Value::Many { .. } => ValueRef::Stored {
-                        segment_id,
-                        offset,
-                        frame_len: frame_len as u32,
-                        payload_len: value.payload_len() as u32,
-                        reqid: value.reqid().unwrap_or(0),
-                    },
+                    Value::One { .. } | Value::Many { .. } => stored(value),
                 });
                 self.state.apply_instance(instance, held);
                 Some(instance.index)
+            }
+            Record::Accepted { ballot, entries } => {
+                let (index, value) = &entries[entry];
+                let held = match value {
+                    Value::Noop => ValueRef::Noop,
+                    Value::One { .. } | Value::Many { .. } => stored(value),
+                };
+                self.state.apply_accepted(*index, *ballot, held);
+                Some(*index)
             }
             Record::Chosen(index) => {
                 if !self.state.apply_chosen(*index) {
@@ -549,6 +561,30 @@ impl DiskStorage {
             let compacted = match record {
                 Record::Node(_) => false,
                 Record::Instance(instance) => instance.index <= floor,
+                Record::Accepted { ballot, entries } => {
+                    // One frame per entry, as `encode_record` writes them.
+                    for (entry, (index, value)) in entries.iter().enumerate() {
+                        if *index <= floor {
+                            continue;
+                        }
+                        let start = self.buffer.len();
+                        codec::encode_instance(
+                            &mut self.buffer,
+                            *index,
+                            *ballot,
+                            *ballot,
+                            false,
+                            Some(value),
+                        );
+                        self.record_frames.push((
+                            position,
+                            entry,
+                            start,
+                            self.buffer.len() - start,
+                        ));
+                    }
+                    continue;
+                }
                 Record::Chosen(index) => *index <= floor,
             };
             if compacted {
@@ -557,7 +593,7 @@ impl DiskStorage {
             let start = self.buffer.len();
             codec::encode_record(&mut self.buffer, record);
             self.record_frames
-                .push((position, start, self.buffer.len() - start));
+                .push((position, 0, start, self.buffer.len() - start));
         }
         if self.record_frames.is_empty() {
             return Ok(false);
@@ -627,12 +663,13 @@ impl DiskStorage {
         // Durable: now, and only now, the state reflects the batch.
         let batch_offset = self.active_offset;
         let frames = std::mem::take(&mut self.record_frames);
-        for &(position, start, len) in &frames {
+        for &(position, entry, start, len) in &frames {
             let unmarked = self.apply(
                 active_id,
                 batch_offset + start as u64,
                 len,
                 &batch[position],
+                entry,
             );
             debug_assert!(unmarked.is_none(), "validate checked the chosen marks");
         }

@@ -120,6 +120,9 @@ pub(crate) fn check_deferrable(batch: &[Record]) -> Result<(), StorageError> {
     let refused = match batch.iter().find(|r| !matches!(r, Record::Chosen(_))) {
         None => return Ok(()),
         Some(Record::Instance(state)) => format!("the state of instance {}", state.index),
+        Some(Record::Accepted { entries, .. }) => {
+            format!("accepted values at {} indices", entries.len())
+        }
         Some(_) => "the node state".to_string(),
     };
     Err(StorageError::invalid(format!(

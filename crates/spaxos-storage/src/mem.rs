@@ -72,6 +72,11 @@ impl Storage for MemStorage {
                 Record::Instance(instance) => {
                     self.state.apply_instance(instance, instance.value.clone())
                 }
+                Record::Accepted { ballot, entries } => {
+                    for (index, value) in entries {
+                        self.state.apply_accepted(*index, *ballot, value.clone());
+                    }
+                }
                 Record::Chosen(index) => {
                     let applied = self.state.apply_chosen(*index);
                     debug_assert!(applied, "validate checked the chosen mark");

@@ -82,6 +82,16 @@ impl<V: HeldValue> LogState<V> {
                     }
                     in_batch.push((state.index, state.value.is_some()));
                 }
+                Record::Accepted { entries, .. } => {
+                    for (index, _) in entries {
+                        if *index == 0 || *index == Index::MAX {
+                            return Err(StorageError::invalid(format!(
+                                "record {position}: accepted index {index} is out of range"
+                            )));
+                        }
+                        in_batch.push((*index, true));
+                    }
+                }
                 Record::Chosen(index) => {
                     if *index == 0 {
                         return Err(StorageError::invalid(format!(
@@ -112,24 +122,38 @@ impl<V: HeldValue> LogState<V> {
     /// Applies one `Instance` record whose value (if any) is held as `value`.
     pub fn apply_instance(&mut self, state: &InstanceState, value: Option<V>) {
         debug_assert_eq!(state.value.is_some(), value.is_some());
-        if state.index <= self.compacted_through {
+        let slot = Slot {
+            promised: state.promised,
+            accepted: state.accepted,
+            chosen: state.chosen,
+            value,
+        };
+        self.apply_slot(state.index, slot);
+    }
+
+    /// Applies one entry of an `Accepted` record (an unchosen value accepted
+    /// and promised at `ballot`), its value held as `value`.
+    pub fn apply_accepted(&mut self, index: Index, ballot: Ballot, value: V) {
+        let slot = Slot {
+            promised: ballot,
+            accepted: ballot,
+            chosen: false,
+            value: Some(value),
+        };
+        self.apply_slot(index, slot);
+    }
+
+    fn apply_slot(&mut self, index: Index, slot: Slot<V>) {
+        if index <= self.compacted_through {
             return;
         }
-        let chosen = state.chosen;
-        self.slots.insert(
-            state.index,
-            Slot {
-                promised: state.promised,
-                accepted: state.accepted,
-                chosen,
-                value,
-            },
-        );
-        self.last_index = self.last_index.max(state.index);
-        if !chosen && state.index <= self.chosen_through {
+        let chosen = slot.chosen;
+        self.slots.insert(index, slot);
+        self.last_index = self.last_index.max(index);
+        if !chosen && index <= self.chosen_through {
             // The contract lets an Instance record replace a chosen state;
             // the prefix then ends just below it.
-            self.chosen_through = state.index - 1;
+            self.chosen_through = index - 1;
         }
         self.advance_chosen_through();
     }

@@ -246,6 +246,94 @@ fn compaction<H: Harness>(h: &mut H) {
     assert_eq!(recovered.node.max_round, 300);
 }
 
+/// An `Accepted` record is one `Instance` record per entry: each entry is
+/// durable and readable on its own (values of every kind, read back from
+/// the file after a reopen), a chosen mark in the same batch may follow it,
+/// and entries at or below the compaction point are dropped.
+fn batch_of_accepted_entries<H: Harness>(h: &mut H) {
+    let mut store = h.open();
+    let ballot = Ballot::new(4, 2);
+    let entries = vec![
+        (1, value(11, 30)),
+        (2, Value::Noop),
+        (3, many(13, &[b"x", b"yz"])),
+        (4, value(14, 0)),
+    ];
+    store
+        .write(&[
+            node(4),
+            Record::Accepted {
+                ballot,
+                entries: entries.clone(),
+            },
+            Record::Chosen(1),
+            Record::Chosen(2),
+        ])
+        .unwrap();
+    let check = |store: &H::S| {
+        assert_eq!(store.chosen(1).unwrap(), Some(value(11, 30)));
+        assert_eq!(store.chosen(2).unwrap(), Some(Value::Noop));
+        assert_eq!(store.chosen(3).unwrap(), None, "accepted is not chosen");
+        let recovered = store.recover(10).unwrap();
+        assert_eq!(recovered.chosen_through, 2);
+        assert_eq!(recovered.recent_reqids, vec![(1, 11)]);
+        let expected: Vec<InstanceState> = entries[2..]
+            .iter()
+            .map(|(index, value)| InstanceState {
+                index: *index,
+                promised: ballot,
+                accepted: ballot,
+                value: Some(value.clone()),
+                chosen: false,
+            })
+            .collect();
+        assert_eq!(recovered.instances, expected);
+    };
+    check(&store);
+    let mut store = h.reopen(store);
+    check(&store);
+    store
+        .write(&[Record::Chosen(3), Record::Chosen(4)])
+        .unwrap();
+    assert_eq!(
+        store.chosen_range(1, 4, usize::MAX).unwrap(),
+        entries
+            .iter()
+            .map(|(index, value)| (*index, value.clone()))
+            .collect::<Vec<_>>()
+    );
+    // Entries below the compaction point are dropped, the rest kept.
+    store.compact(4).unwrap();
+    store
+        .write(&[Record::Accepted {
+            ballot,
+            entries: vec![(3, value(99, 5)), (6, value(16, 5))],
+        }])
+        .unwrap();
+    let store = h.reopen(store);
+    let recovered = store.recover(10).unwrap();
+    assert_eq!(recovered.chosen_through, 4);
+    assert_eq!(store.bounds(), (5, 6));
+    assert_eq!(
+        recovered
+            .instances
+            .iter()
+            .map(|i| i.index)
+            .collect::<Vec<_>>(),
+        vec![6]
+    );
+    // An entry at index 0 makes the whole batch invalid.
+    let mut store = store;
+    let err = store
+        .write(&[Record::Accepted {
+            ballot,
+            entries: vec![(7, value(17, 1)), (0, value(18, 1))],
+        }])
+        .unwrap_err();
+    assert!(matches!(err, StorageError::InvalidBatch { .. }), "{err}");
+    assert_eq!(store.bounds(), (5, 6));
+}
+
 fn unchosen_replacement_shrinks_prefix<H: Harness>(h: &mut H) {
     let mut store = h.open();
     let batch: Vec<Record> = (1..=5).map(|i| chosen(i, value(i, 5))).collect();
@@ -333,6 +421,10 @@ macro_rules! suite {
             #[test]
             fn deferred_chosen_marks() {
                 super::deferred_chosen_marks(&mut $harness);
+            }
+            #[test]
+            fn batch_of_accepted_entries() {
+                super::batch_of_accepted_entries(&mut $harness);
             }
             #[test]
             fn unchosen_replacement_shrinks_prefix() {

@@ -34,6 +34,22 @@ impl Model {
                     next.last_index = next.last_index.max(state.index);
                 }
                 Record::Instance(_) => {}
+                // The contract: one `Instance` record per entry, in order.
+                Record::Accepted { ballot, entries } => {
+                    for (index, value) in entries {
+                        if *index > next.compacted_through {
+                            let state = InstanceState {
+                                index: *index,
+                                promised: *ballot,
+                                accepted: *ballot,
+                                value: Some(value.clone()),
+                                chosen: false,
+                            };
+                            next.instances.insert(*index, state);
+                            next.last_index = next.last_index.max(*index);
+                        }
+                    }
+                }
                 Record::Chosen(index) if *index > next.compacted_through => {
                     match next.instances.get_mut(index) {
                         Some(state) if state.value.is_some() => state.chosen = true,
@@ -158,6 +174,9 @@ fn record_strategy() -> impl Strategy<Value = Record> {
                 chosen: chosen && value.is_some(),
                 value,
             })
+        ),
+        2 => (0..5u64, prop::collection::vec((1..=INDEX_MAX, value_strategy()), 1..5)).prop_map(
+            |(round, entries)| Record::Accepted { ballot: Ballot::new(round, 2), entries }
         ),
         3 => (1..=INDEX_MAX).prop_map(Record::Chosen),
     ]

@@ -47,7 +47,8 @@ pub struct Metrics {
     /// they ride in the next write. (A group the store had to write at
     /// once counts as a storage write.)
     pub deferred_writes: u64,
-    /// Records in all those writes.
+    /// Records in all those writes, one per index (`Record::entries`: an
+    /// `Accepted` record counts its entries).
     pub records_written: u64,
     /// The transport's counters (frames, bytes, write calls, drops,
     /// connections).

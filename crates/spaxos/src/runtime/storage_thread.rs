@@ -198,7 +198,8 @@ impl StorageThread {
                 false => &counters.deferred_writes,
             };
             Counters::add(writes, 1);
-            Counters::add(&counters.records_written, records.len() as u64);
+            let written = records.iter().map(Record::entries).sum::<usize>();
+            Counters::add(&counters.records_written, written as u64);
         }
         let mut to_self: Vec<Message> = Vec::new();
         for job in jobs.drain(..) {
