@@ -459,7 +459,7 @@ impl Node {
                         if inst.mark_chosen(index) {
                             freed_proposers += 1;
                         }
-                        self.out.records.push(Record::Chosen(index));
+                        Record::push_chosen(&mut self.out.records, index);
                     }
                 }
                 self.leaderless_active -= freed_proposers;

@@ -53,7 +53,7 @@ impl Node {
         inst.chosen = true;
         let had_proposer = inst.proposer.take().is_some();
         if same {
-            self.out.records.push(Record::Chosen(index));
+            Record::push_chosen(&mut self.out.records, index);
         } else {
             inst.value = Some(value);
             self.persist_instance(index);
@@ -93,7 +93,7 @@ impl Node {
                 if inst.mark_chosen(index) {
                     freed_proposers += 1;
                 }
-                self.out.records.push(Record::Chosen(index));
+                Record::push_chosen(&mut self.out.records, index);
             }
         }
         self.leaderless_active -= freed_proposers;

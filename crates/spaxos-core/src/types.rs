@@ -142,6 +142,10 @@ pub enum Record {
     /// The value held by the latest `Instance` record of this index is chosen.
     /// Saves writing the value twice in the common case.
     Chosen(Index),
+    /// `Chosen(i)` for every `i` in `first..=last`, in order (`first < last`):
+    /// a run of indices learned chosen together, one record instead of one
+    /// per index.
+    ChosenRange { first: Index, last: Index },
 }
 
 impl Record {
@@ -150,21 +154,40 @@ impl Record {
     pub fn entries(&self) -> usize {
         match self {
             Record::Accepted { entries, .. } => entries.len(),
+            Record::ChosenRange { first, last } => (last - first + 1) as usize,
             _ => 1,
         }
     }
 
+    /// Appends "`index` is chosen" to `records`: extends the last record if
+    /// it marks the run just below `index`, else adds a `Chosen(index)`.
+    pub fn push_chosen(records: &mut Vec<Record>, index: Index) {
+        let run_first = match records.last() {
+            Some(Record::Chosen(below)) if below.checked_add(1) == Some(index) => Some(*below),
+            Some(Record::ChosenRange { first, last }) if last.checked_add(1) == Some(index) => {
+                Some(*first)
+            }
+            _ => None,
+        };
+        match (run_first, records.last_mut()) {
+            (Some(first), Some(record)) => {
+                *record = Record::ChosenRange { first, last: index };
+            }
+            _ => records.push(Record::Chosen(index)),
+        }
+    }
+
     /// `records` with every `Accepted` record written out as the `Instance`
-    /// records it stands for (one per entry, in order) and the others as
-    /// they are: for checkers and tests that compare durable state record
-    /// by record.
+    /// records it stands for (one per entry, in order), every `ChosenRange`
+    /// as its `Chosen` marks, and the others as they are: for checkers and
+    /// tests that compare durable state record by record.
     ///
     /// ```
     /// use spaxos_core::{Ballot, InstanceState, Record, Value};
     /// let ballot = Ballot::new(1, 1);
     /// let batch = [Record::Accepted { ballot, entries: vec![(7, Value::Noop)] }];
     /// assert_eq!(
-    ///     Record::expand_accepted(&batch),
+    ///     Record::per_index(&batch),
     ///     vec![Record::Instance(InstanceState {
     ///         index: 7,
     ///         promised: ballot,
@@ -174,7 +197,7 @@ impl Record {
     ///     })]
     /// );
     /// ```
-    pub fn expand_accepted(records: &[Record]) -> Vec<Record> {
+    pub fn per_index(records: &[Record]) -> Vec<Record> {
         let mut out = Vec::with_capacity(records.len());
         for record in records {
             match record {
@@ -188,6 +211,9 @@ impl Record {
                             chosen: false,
                         })
                     }))
+                }
+                Record::ChosenRange { first, last } => {
+                    out.extend((*first..=*last).map(Record::Chosen))
                 }
                 other => out.push(other.clone()),
             }
@@ -227,4 +253,56 @@ pub struct RecoveredState {
     /// `CoreConfig::dedup_history`), for duplicate
     /// detection after a restart. The caller reads them from storage.
     pub recent_reqids: Vec<(Index, ReqId)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marks(indices: &[Index]) -> Vec<Record> {
+        let mut records = vec![Record::Node(NodeState::default())];
+        for &index in indices {
+            Record::push_chosen(&mut records, index);
+        }
+        records.remove(0);
+        records
+    }
+
+    #[test]
+    fn consecutive_chosen_marks_become_one_range() {
+        assert_eq!(marks(&[5]), vec![Record::Chosen(5)]);
+        assert_eq!(
+            marks(&[5, 6, 7]),
+            vec![Record::ChosenRange { first: 5, last: 7 }]
+        );
+        assert_eq!(
+            marks(&[5, 7, 8, 3]),
+            vec![
+                Record::Chosen(5),
+                Record::ChosenRange { first: 7, last: 8 },
+                Record::Chosen(3)
+            ]
+        );
+        // Only a run just below extends; a repeat or a gap starts anew.
+        assert_eq!(marks(&[5, 5]), vec![Record::Chosen(5), Record::Chosen(5)]);
+        assert_eq!(
+            marks(&[Index::MAX, 0]),
+            vec![Record::Chosen(Index::MAX), Record::Chosen(0)]
+        );
+        let ranges = marks(&[2, 3, 4, 9]);
+        assert_eq!(
+            Record::per_index(&ranges),
+            [2, 3, 4, 9].map(Record::Chosen).to_vec()
+        );
+        assert_eq!(ranges.iter().map(Record::entries).sum::<usize>(), 4);
+    }
+
+    #[test]
+    fn a_chosen_mark_after_another_record_is_not_merged_across_it() {
+        let mut records = vec![Record::Chosen(1)];
+        records.push(Record::Node(NodeState::default()));
+        Record::push_chosen(&mut records, 2);
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[2], Record::Chosen(2));
+    }
 }

@@ -25,7 +25,7 @@ fn prepare_above_promise_persists_then_promises() {
     ));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Instance(promised(3, b(1, 1)))]
     );
     // The promise waits for the record: `messages`, never `messages_now`.
@@ -63,7 +63,7 @@ fn prepare_reports_the_accepted_value() {
     ));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Instance(accepted(1, b(4, 1), b(2, 3), one(9, "x")))]
     );
     assert_eq!(
@@ -98,7 +98,7 @@ fn prepare_below_per_index_promise_is_rejected_without_a_record() {
         },
     ));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(
         ready.messages_now,
@@ -127,7 +127,7 @@ fn prepare_below_node_wide_promise_is_rejected() {
         },
     ));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(
         ready.messages_now,
@@ -164,7 +164,7 @@ fn equal_ballot_re_prepare_is_answered_without_a_new_record() {
         },
     ));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(
         ready.messages,
         vec![msg(
@@ -210,7 +210,7 @@ fn prepare_range_grant_persists_node_promise_and_reports_every_entry_from_index(
     ));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(0, b(3, 1)))]
     );
     assert_eq!(
@@ -265,7 +265,7 @@ fn prepare_range_reports_chosen_through_and_starts_at_the_first_live_index() {
     ));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(0, b(2, 1)))]
     );
     assert_eq!(
@@ -300,7 +300,7 @@ fn prepare_range_below_node_wide_promise_is_rejected() {
         },
     ));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(
         ready.messages_now,
@@ -332,7 +332,7 @@ fn prepare_range_blocked_by_a_higher_single_index_promise() {
         },
     ));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     // The highest blocking promise is named.
     assert_eq!(
@@ -367,7 +367,7 @@ fn prepare_range_ignores_single_index_promises_below_from_index() {
     ));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(0, b(3, 1)))]
     );
     assert_eq!(
@@ -394,7 +394,7 @@ fn prepare_range_ignores_single_index_promises_below_from_index() {
         },
     ));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(
         ready.messages_now,
@@ -424,7 +424,7 @@ fn accept_at_promise_persists_then_acknowledges() {
     ));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![
             Record::Instance(accepted(1, b(1, 1), b(1, 1), one(5, "a"))),
             Record::Instance(accepted(2, b(1, 1), b(1, 1), one(6, "b"))),
@@ -463,7 +463,7 @@ fn accept_above_promise_overwrites_a_lower_accepted_value() {
     ));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Instance(accepted(
             1,
             b(2, 1),
@@ -497,7 +497,7 @@ fn accept_below_node_wide_promise_is_rejected() {
         },
     ));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(
         ready.messages_now,
@@ -540,7 +540,7 @@ fn accept_after_a_higher_per_index_promise_is_rejected_for_that_index_only() {
         }]
     );
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![
             Record::Instance(accepted(1, b(2, 1), b(2, 1), one(5, "a"))),
             Record::Instance(accepted(3, b(2, 1), b(2, 1), one(7, "c"))),
@@ -601,7 +601,7 @@ fn accept_chosen_through_marks_chosen_only_indices_accepted_at_that_ballot() {
     ));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![
             Record::Instance(accepted(3, b(2, 1), b(2, 1), one(30, "c"))),
             Record::Chosen(1),
@@ -649,7 +649,7 @@ fn prepare_on_a_chosen_index_is_answered_with_learn() {
         },
     ));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(
         ready.messages_now,
@@ -684,7 +684,7 @@ fn prepare_on_a_retired_index_asks_storage_for_the_value() {
         },
     ));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(ready.messages_now, vec![]);
     assert_eq!(
@@ -714,7 +714,7 @@ fn accept_on_a_chosen_index_leaves_it_alone() {
         },
     ));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(ready.messages_now, vec![]);
     assert_eq!(

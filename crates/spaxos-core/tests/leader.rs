@@ -23,7 +23,7 @@ fn election_timeout_persists_max_round_then_prepares_every_member() {
     node.tick();
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(1, Ballot::ZERO))]
     );
     // Including the prepare to itself, all after `max_round` is durable.
@@ -46,7 +46,7 @@ fn own_prepare_range_goes_through_the_acceptor_rules() {
     deliver_to(&mut node, &ready.messages);
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(1, b(1, 1)))]
     );
     assert_eq!(
@@ -70,7 +70,7 @@ fn ballots_are_never_reused_after_restore() {
     let mut node = restore(cfg(1), node_state(7, Ballot::ZERO), vec![]);
     let ready = tick_until_election(&mut node, 20);
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(8, Ballot::ZERO))]
     );
     assert_eq!(
@@ -93,7 +93,7 @@ fn next_ballot_is_above_a_restored_promise_and_accepted_ballots() {
     );
     let ready = tick_until_election(&mut node, 20);
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(13, b(9, 3)))]
     );
     assert_eq!(ready.messages[0], prepare_range(1, 1, b(13, 1), 1));
@@ -116,7 +116,7 @@ fn a_rejected_candidate_campaigns_next_above_the_rejecting_round() {
     assert_quiet(&mut node);
     let ready = tick_until_election(&mut node, 20);
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(7, Ballot::ZERO))]
     );
     assert_eq!(ready.messages[1], prepare_range(1, 2, b(7, 1), 1));
@@ -205,7 +205,7 @@ fn phase_one_quorum_recovers_highest_accepted_values_and_noops_holes() {
         (4, one(204, "D")),
     ];
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         recovered
             .iter()
             .map(|(i, v)| Record::Instance(accepted(*i, b(6, 1), b(6, 1), v.clone())))
@@ -264,7 +264,7 @@ fn phase_one_quorum_recovers_highest_accepted_values_and_noops_holes() {
     node.propose(one(77, "new")).unwrap();
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Instance(accepted(
             5,
             b(6, 1),
@@ -329,7 +329,7 @@ fn chosen_entry_reported_in_a_promise_is_learned_not_re_proposed() {
     assert!(node.is_leader());
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![
             Record::Instance(learned(1, one(11, "chosen"))),
             Record::Instance(accepted(2, b(6, 1), b(6, 1), one(12, "open"))),
@@ -436,7 +436,7 @@ fn leader_with_one_proposal() -> Node {
     node.propose(one(7, "seven")).unwrap();
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Instance(accepted(
             1,
             b(1, 1),
@@ -475,10 +475,7 @@ fn duplicate_accepted_is_not_counted_twice() {
     assert_eq!(node.instance_state(1).map(|s| s.chosen), Some(false));
     node.step(accepted_msg(3, b(1, 1), vec![1]));
     let ready = node.ready();
-    assert_eq!(
-        Record::expand_accepted(&ready.records),
-        vec![Record::Chosen(1)]
-    );
+    assert_eq!(Record::per_index(&ready.records), vec![Record::Chosen(1)]);
     assert_eq!(
         ready.chosen,
         vec![ChosenItem {
@@ -497,10 +494,7 @@ fn quorum_of_accepted_chooses_and_reports_the_outcome_once() {
     assert_quiet(&mut node);
     node.step(accepted_msg(2, b(1, 1), vec![1]));
     let ready = node.ready();
-    assert_eq!(
-        Record::expand_accepted(&ready.records),
-        vec![Record::Chosen(1)]
-    );
+    assert_eq!(Record::per_index(&ready.records), vec![Record::Chosen(1)]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(ready.messages_now, vec![]);
     assert_eq!(
@@ -519,7 +513,7 @@ fn quorum_of_accepted_chooses_and_reports_the_outcome_once() {
     node.propose(one(7, "seven")).unwrap();
     let ready = node.ready();
     assert_eq!(ready.outcomes, vec![(7, Outcome::Chosen { index: 1 })]);
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages_now, vec![]);
 }
 
@@ -533,19 +527,13 @@ fn chosen_instances_retire_from_memory() {
     node.step(accepted_msg(2, b(1, 1), vec![2]));
     // Index 2 is chosen but waits behind index 1: still in memory.
     let ready = node.ready();
-    assert_eq!(
-        Record::expand_accepted(&ready.records),
-        vec![Record::Chosen(2)]
-    );
+    assert_eq!(Record::per_index(&ready.records), vec![Record::Chosen(2)]);
     assert_eq!(ready.chosen, vec![]);
     assert_eq!(node.status().instances, 2);
     assert_eq!(node.chosen_through(), 0);
     node.step(accepted_msg(3, b(1, 1), vec![1]));
     let ready = node.ready();
-    assert_eq!(
-        Record::expand_accepted(&ready.records),
-        vec![Record::Chosen(1)]
-    );
+    assert_eq!(Record::per_index(&ready.records), vec![Record::Chosen(1)]);
     assert_eq!(
         ready.chosen,
         vec![
@@ -589,7 +577,7 @@ fn heartbeats_carry_chosen_through_and_max_index() {
         chosen_through: 1,
         max_index: 2,
     };
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(
         ready.messages_now,
@@ -629,10 +617,7 @@ fn unacknowledged_accepts_are_resent_to_the_silent_peers_only() {
     node.ready();
     node.step(accepted_msg(3, ballot, vec![1]));
     let ready = node.ready();
-    assert_eq!(
-        Record::expand_accepted(&ready.records),
-        vec![Record::Chosen(1)]
-    );
+    assert_eq!(Record::per_index(&ready.records), vec![Record::Chosen(1)]);
     node.propose(one(8, "eight")).unwrap();
     node.ready();
     node.step(accepted_msg(1, ballot, vec![2]));
@@ -696,7 +681,7 @@ fn leader_steps_down_on_reject_with_a_higher_ballot() {
     // Its next campaign is above the round it learned.
     let ready = tick_until_election(&mut node, 40);
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(5, b(1, 1)))]
     );
     assert_eq!(ready.messages[0], prepare_range(1, 1, b(5, 1), 1));
@@ -718,7 +703,7 @@ fn leader_steps_down_on_a_heartbeat_with_a_higher_ballot() {
     assert_eq!(node.leader(), Some(3));
     let ready = node.ready();
     // Heartbeats carry no promise: nothing to persist.
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(
         ready.messages_now,
@@ -770,7 +755,7 @@ fn leader_steps_down_on_a_prepare_range_with_a_higher_ballot() {
     assert_eq!(node.leader(), None);
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(1, b(2, 3)))]
     );
     // The promise reports the leader's in-flight value.
@@ -814,7 +799,7 @@ fn leader_steps_down_on_an_accept_with_a_higher_ballot() {
     assert!(!node.is_leader());
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Instance(accepted(
             1,
             b(2, 3),
@@ -890,7 +875,7 @@ fn follower_grants_a_newer_leader_and_forgets_the_old_one() {
     assert_eq!(node.leader(), None);
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(NodeState {
             max_round: 0,
             promised: b(2, 3),

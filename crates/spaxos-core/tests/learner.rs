@@ -23,7 +23,7 @@ fn chosen_entries_come_out_in_index_order_exactly_once() {
     node.step(learn(1, 2, vec![(2, one(12, "b")), (3, one(13, "c"))]));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![
             Record::Instance(learned(2, one(12, "b"))),
             Record::Instance(learned(3, one(13, "c"))),
@@ -36,7 +36,7 @@ fn chosen_entries_come_out_in_index_order_exactly_once() {
     node.step(learn(3, 2, vec![(1, one(11, "a"))]));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Instance(learned(1, one(11, "a")))]
     );
     assert_eq!(
@@ -67,10 +67,7 @@ fn learning_a_value_already_accepted_records_only_the_chosen_mark() {
     );
     node.step(learn(1, 2, vec![(1, one(11, "a"))]));
     let ready = node.ready();
-    assert_eq!(
-        Record::expand_accepted(&ready.records),
-        vec![Record::Chosen(1)]
-    );
+    assert_eq!(Record::per_index(&ready.records), vec![Record::Chosen(1)]);
     assert_eq!(ready.chosen, vec![item(1, one(11, "a"))]);
 }
 
@@ -84,7 +81,7 @@ fn learning_overrides_a_different_accepted_value() {
     node.step(learn(1, 2, vec![(1, one(12, "winner"))]));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Instance(InstanceState {
             index: 1,
             promised: b(1, 3),
@@ -106,7 +103,7 @@ fn duplicate_reqid_within_the_window_is_delivered_as_a_noop() {
     ));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![
             Record::Instance(learned(1, one(5, "a"))),
             Record::Instance(learned(2, one(5, "a"))),
@@ -192,7 +189,7 @@ fn follower_behind_asks_the_peer_that_reported_more_for_catch_up() {
     );
     node.tick();
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(
         ready.messages_now,
         vec![msg(
@@ -324,7 +321,7 @@ fn catch_up_request_for_retired_indices_is_served_from_storage() {
         },
     ));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(ready.messages_now, vec![]);
     assert_eq!(
@@ -428,7 +425,7 @@ fn heartbeat_chosen_through_marks_only_values_accepted_at_the_leader_ballot() {
     ));
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Chosen(1), Record::Chosen(3)]
     );
     assert_eq!(ready.chosen, vec![item(1, one(1, "a"))]);

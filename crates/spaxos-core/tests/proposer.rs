@@ -59,7 +59,7 @@ fn start_leaderless(node: &mut Node) {
     node.tick();
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(5, Ballot::ZERO))]
     );
     assert_eq!(
@@ -84,7 +84,7 @@ fn leaderless_proposer_adopts_the_highest_accepted_value_of_its_quorum() {
     assert_quiet(&mut node);
     node.step(promise(2, b(5, 1), b(2, 2), Some(one(9, "older"))));
     let ready = node.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     let accept = Body::Accept {
         ballot: b(5, 1),
         entries: vec![(1, one(8, "theirs"))],
@@ -133,7 +133,7 @@ fn lose_index_one(node: &mut Node) -> spaxos_core::Ready {
     deliver_to(node, &ready.messages);
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Instance(accepted(
             1,
             b(5, 1),
@@ -169,10 +169,7 @@ fn lose_index_one(node: &mut Node) -> spaxos_core::Ready {
 fn leaderless_proposer_reports_lost_when_another_value_is_chosen() {
     let mut node = leaderless_node(false);
     let ready = lose_index_one(&mut node);
-    assert_eq!(
-        Record::expand_accepted(&ready.records),
-        vec![Record::Chosen(1)]
-    );
+    assert_eq!(Record::per_index(&ready.records), vec![Record::Chosen(1)]);
     let learn = Body::Learn {
         entries: vec![(1, one(8, "theirs"))],
     };
@@ -218,7 +215,7 @@ fn leaderless_proposer_retries_a_lost_proposal_on_a_fresh_index() {
     node.tick();
     let ready = node.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(6, Ballot::ZERO))]
     );
     assert_eq!(
@@ -253,7 +250,7 @@ fn leaderless_proposer_wins_and_reports_chosen() {
     // Its own acceptor never accepted (its accept was not delivered): the
     // chosen value is written whole.
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Instance(learned(1, one(7, "mine")))]
     );
     let learn = Body::Learn {
@@ -296,7 +293,7 @@ fn rejected_leaderless_proposer_backs_off_then_retries_above_the_rejecting_round
         "retried after {waited} ticks, before the backoff"
     );
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![Record::Node(node_state(10, Ballot::ZERO))]
     );
     assert_eq!(
@@ -345,7 +342,7 @@ fn hole_below_max_index_is_filled_with_a_noop_after_the_timeout() {
     // Both live, unchosen indices get a single-index no-op attempt (index 2
     // adopts "x" if a quorum reports it).
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![
             Record::Node(node_state(2, Ballot::ZERO)),
             Record::Node(node_state(3, Ballot::ZERO)),
@@ -432,7 +429,7 @@ fn follower_forwards_proposals_to_the_known_leader() {
     follower.propose(one(6, "six")).unwrap();
     let ready = follower.ready();
     // Forwarding promises nothing durable: it may leave at once, batched.
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages, vec![]);
     assert_eq!(
         ready.messages_now,
@@ -461,7 +458,7 @@ fn follower_forwards_proposals_to_the_known_leader() {
         }]
     );
     assert_eq!(
-        Record::expand_accepted(&lready.records),
+        Record::per_index(&lready.records),
         vec![
             Record::Instance(accepted(1, ballot, ballot, one(5, "five"))),
             Record::Instance(accepted(2, ballot, ballot, one(6, "six"))),
@@ -511,7 +508,7 @@ fn retried_forward_of_the_same_reqid_gets_the_same_index() {
     leader.step(forward.clone());
     let first = leader.ready();
     assert_eq!(
-        Record::expand_accepted(&first.records),
+        Record::per_index(&first.records),
         vec![Record::Instance(accepted(
             1,
             ballot,
@@ -521,7 +518,7 @@ fn retried_forward_of_the_same_reqid_gets_the_same_index() {
     );
     leader.step(forward);
     let again = leader.ready();
-    assert_eq!(Record::expand_accepted(&again.records), vec![]);
+    assert_eq!(Record::per_index(&again.records), vec![]);
     assert_eq!(again.messages, vec![]);
     assert_eq!(
         again.messages_now,
@@ -567,7 +564,7 @@ fn forward_of_a_recently_chosen_reqid_is_answered_with_its_index() {
         },
     ));
     let ready = leader.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(
         ready.messages_now,
         vec![msg(
@@ -617,7 +614,7 @@ fn follower_ignores_forwards_and_unanswered_forwards_are_retried() {
     }
     follower.tick();
     let ready = follower.ready();
-    assert_eq!(Record::expand_accepted(&ready.records), vec![]);
+    assert_eq!(Record::per_index(&ready.records), vec![]);
     assert_eq!(ready.messages_now, vec![forward]);
 }
 
@@ -666,7 +663,7 @@ fn leader_proposals_get_consecutive_indices_in_one_accept_batch() {
         values: vec!["b".into(), "c".into()].into(),
     };
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![
             Record::Instance(accepted(1, ballot, ballot, one(5, "a"))),
             Record::Instance(accepted(2, ballot, ballot, many.clone())),
@@ -694,7 +691,7 @@ fn leader_keeps_at_most_inflight_max_instances_and_queues_the_rest() {
     }
     let ready = leader.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![
             Record::Instance(accepted(1, ballot, ballot, one(1, "v"))),
             Record::Instance(accepted(2, ballot, ballot, one(2, "v"))),
@@ -714,7 +711,7 @@ fn leader_keeps_at_most_inflight_max_instances_and_queues_the_rest() {
     // Index 1 retires, which frees a slot for reqid 3 in the same step.
     let ready = leader.ready();
     assert_eq!(
-        Record::expand_accepted(&ready.records),
+        Record::per_index(&ready.records),
         vec![
             Record::Chosen(1),
             Record::Instance(accepted(3, ballot, ballot, one(3, "v"))),
@@ -768,7 +765,7 @@ fn propose_batch_is_propose_for_each_value_in_order() {
     let (a, b) = (single.ready(), batched.ready());
     assert_eq!(a.outcomes, vec![(5, Outcome::Chosen { index: 1 })]);
     assert_eq!(a.outcomes, b.outcomes);
-    assert_eq!(Record::expand_accepted(&a.records), b.records);
+    assert_eq!(Record::per_index(&a.records), b.records);
     assert_eq!(a.messages, b.messages);
     assert_eq!(a.messages_now, b.messages_now);
     assert_eq!(single.status(), batched.status());

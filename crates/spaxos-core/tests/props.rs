@@ -21,13 +21,15 @@ struct Durable {
 
 impl Durable {
     fn apply(&mut self, records: &[Record]) {
-        for record in &Record::expand_accepted(records) {
+        for record in &Record::per_index(records) {
             match record {
                 Record::Node(state) => self.node = *state,
                 Record::Instance(st) => {
                     self.instances.insert(st.index, st.clone());
                 }
-                Record::Accepted { .. } => unreachable!("expanded above"),
+                Record::Accepted { .. } | Record::ChosenRange { .. } => {
+                    unreachable!("expanded above")
+                }
                 Record::Chosen(index) => {
                     let st = self
                         .instances

@@ -153,8 +153,9 @@ pub fn decode_batch_header(bytes: &[u8]) -> Option<BatchHeader> {
 
 /// Appends the frames of one record (length, crc32c of length and payload,
 /// payload) to `out`: one frame, except for `Accepted`, which is written as
-/// one `Instance` frame per entry (so the file format has no batch record,
-/// and replay reads those back as `Instance` records).
+/// one `Instance` frame per entry, and `ChosenRange`, written as one
+/// `Chosen` frame per index (so the file format has no batch records, and
+/// replay reads those back as `Instance` and `Chosen` records).
 pub fn encode_record(out: &mut Vec<u8>, record: &Record) {
     match record {
         Record::Node(node) => {
@@ -177,13 +178,21 @@ pub fn encode_record(out: &mut Vec<u8>, record: &Record) {
                 encode_instance(out, *index, *ballot, *ballot, false, Some(value));
             }
         }
-        Record::Chosen(index) => {
-            let start = begin_frame(out);
-            out.push(TAG_CHOSEN);
-            put_u64(out, *index);
-            end_frame(out, start);
+        Record::Chosen(index) => encode_chosen(out, *index),
+        Record::ChosenRange { first, last } => {
+            for index in *first..=*last {
+                encode_chosen(out, index);
+            }
         }
     }
+}
+
+/// Appends one `Chosen` frame.
+pub fn encode_chosen(out: &mut Vec<u8>, index: Index) {
+    let start = begin_frame(out);
+    out.push(TAG_CHOSEN);
+    put_u64(out, index);
+    end_frame(out, start);
 }
 
 /// Appends one `Instance` frame.

@@ -445,6 +445,13 @@ impl DiskStorage {
                 }
                 Some(*index)
             }
+            Record::ChosenRange { first, .. } => {
+                let index = first + entry as u64;
+                if !self.state.apply_chosen(index) {
+                    return Some(index);
+                }
+                Some(index)
+            }
         };
         if let (Some(index), Some(segment)) = (record_index, self.segments.get_mut(&segment_id)) {
             segment.max_index = segment.max_index.max(index);
@@ -585,6 +592,21 @@ impl DiskStorage {
                     }
                     continue;
                 }
+                Record::ChosenRange { first, last } => {
+                    // One frame per index, as `encode_record` writes them.
+                    for index in (*first).max(floor.saturating_add(1))..=*last {
+                        let start = self.buffer.len();
+                        codec::encode_chosen(&mut self.buffer, index);
+                        let entry = (index - first) as usize;
+                        self.record_frames.push((
+                            position,
+                            entry,
+                            start,
+                            self.buffer.len() - start,
+                        ));
+                    }
+                    continue;
+                }
                 Record::Chosen(index) => *index <= floor,
             };
             if compacted {
@@ -688,18 +710,19 @@ impl Storage for DiskStorage {
         }
         // Deferred marks first, in the same frame: one sync covers both.
         let marks = std::mem::take(&mut self.deferred);
-        let combined: Vec<Record> = marks
-            .iter()
-            .map(|&index| Record::Chosen(index))
-            .chain(batch.iter().cloned())
-            .collect();
+        let mut combined: Vec<Record> = Vec::with_capacity(batch.len() + 1);
+        for &index in &marks {
+            Record::push_chosen(&mut combined, index);
+        }
+        let mark_records = combined.len();
+        combined.extend(batch.iter().cloned());
         match self.append(&combined) {
             Err(StorageError::InvalidBatch { .. }) => {
                 // Nothing was written. The marks were checked when they
                 // were deferred, so the batch is at fault (or the two are
                 // too large together): the marks go alone, then the batch
                 // gets its own answer.
-                self.append(&combined[..marks.len()])?;
+                self.append(&combined[..mark_records])?;
                 self.append(batch)
             }
             result => result,
@@ -710,16 +733,22 @@ impl Storage for DiskStorage {
         self.refuse_if_failed()?;
         crate::check_deferrable(batch)?;
         self.state.validate(batch)?;
-        if self.deferred.len() + batch.len() > DEFERRED_MARKS_MAX {
+        let marks: usize = batch.iter().map(Record::entries).sum();
+        if self.deferred.len() + marks > DEFERRED_MARKS_MAX {
             return self.write(batch);
         }
         for record in batch {
-            if let Record::Chosen(index) = record {
-                let applied = self.state.apply_chosen(*index);
+            let indices = match *record {
+                Record::Chosen(index) => index..=index,
+                Record::ChosenRange { first, last } => first..=last,
+                _ => continue,
+            };
+            for index in indices {
+                let applied = self.state.apply_chosen(index);
                 debug_assert!(applied, "validate checked the chosen marks");
                 // Compacted indices are chosen already; nothing to write.
-                if *index > self.state.compacted_through {
-                    self.deferred.push(*index);
+                if index > self.state.compacted_through {
+                    self.deferred.push(index);
                 }
             }
         }

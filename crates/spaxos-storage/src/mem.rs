@@ -77,6 +77,12 @@ impl Storage for MemStorage {
                         self.state.apply_accepted(*index, *ballot, value.clone());
                     }
                 }
+                Record::ChosenRange { first, last } => {
+                    for index in *first..=*last {
+                        let applied = self.state.apply_chosen(index);
+                        debug_assert!(applied, "validate checked the chosen marks");
+                    }
+                }
                 Record::Chosen(index) => {
                     let applied = self.state.apply_chosen(*index);
                     debug_assert!(applied, "validate checked the chosen mark");

@@ -92,29 +92,49 @@ impl<V: HeldValue> LogState<V> {
                         in_batch.push((*index, true));
                     }
                 }
-                Record::Chosen(index) => {
-                    if *index == 0 {
+                Record::Chosen(index) => self.validate_chosen(position, *index, &in_batch)?,
+                Record::ChosenRange { first, last } => {
+                    if first > last {
                         return Err(StorageError::invalid(format!(
-                            "record {position}: chosen mark for index 0"
+                            "record {position}: chosen range {first}..={last} is empty"
                         )));
                     }
-                    if *index <= self.compacted_through {
-                        continue;
-                    }
-                    let has_value = match in_batch.iter().rev().find(|(i, _)| i == index) {
-                        Some((_, has_value)) => *has_value,
-                        None => self
-                            .slots
-                            .get(index)
-                            .is_some_and(|slot| slot.value.is_some()),
-                    };
-                    if !has_value {
-                        return Err(StorageError::invalid(format!(
-                            "record {position}: chosen mark for index {index}, which holds no value"
-                        )));
+                    for index in *first..=*last {
+                        self.validate_chosen(position, index, &in_batch)?;
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the chosen mark for `index` of record `position`: a value is
+    /// held there, given earlier in the batch (`in_batch`) or already.
+    fn validate_chosen(
+        &self,
+        position: usize,
+        index: Index,
+        in_batch: &[(Index, bool)],
+    ) -> Result<(), StorageError> {
+        if index == 0 {
+            return Err(StorageError::invalid(format!(
+                "record {position}: chosen mark for index 0"
+            )));
+        }
+        if index <= self.compacted_through {
+            return Ok(());
+        }
+        let has_value = match in_batch.iter().rev().find(|(i, _)| *i == index) {
+            Some((_, has_value)) => *has_value,
+            None => self
+                .slots
+                .get(&index)
+                .is_some_and(|slot| slot.value.is_some()),
+        };
+        if !has_value {
+            return Err(StorageError::invalid(format!(
+                "record {position}: chosen mark for index {index}, which holds no value"
+            )));
         }
         Ok(())
     }

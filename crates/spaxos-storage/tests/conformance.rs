@@ -372,14 +372,39 @@ fn deferred_chosen_marks<H: Harness>(h: &mut H) {
         );
     }
     assert_eq!(store.recover(10).unwrap().chosen_through, 60);
-    // The last mark waits for a write to carry it; an empty one does.
+    // A run of marks as one record; one index of it without a value makes
+    // the whole record invalid.
+    let values: Vec<(u64, Value)> = (61..=70).map(|i| (i, value(i, 10))).collect();
+    store
+        .write(&[Record::Accepted {
+            ballot: Ballot::new(1, 1),
+            entries: values[..9].to_vec(),
+        }])
+        .unwrap();
+    let err = store
+        .write_deferred(&[Record::ChosenRange {
+            first: 61,
+            last: 70,
+        }])
+        .unwrap_err();
+    assert!(matches!(err, StorageError::InvalidBatch { .. }), "{err}");
+    store
+        .write_deferred(&[Record::ChosenRange {
+            first: 61,
+            last: 69,
+        }])
+        .unwrap();
+    assert_eq!(store.chosen(65).unwrap(), Some(value(65, 10)));
+    assert_eq!(store.recover(10).unwrap().chosen_through, 69);
+    // The last marks wait for a write to carry them; an empty one does.
     store.write(&[]).unwrap();
     assert_eq!(store.deferred_marks(), 0);
     let store = h.reopen(store);
     let recovered = store.recover(10).unwrap();
-    assert_eq!(recovered.chosen_through, 60);
+    assert_eq!(recovered.chosen_through, 69);
     assert_eq!(recovered.node.max_round, 0);
-    assert_eq!(store.bounds(), (1, 60));
+    assert_eq!(store.bounds(), (1, 69));
+    assert_eq!(store.chosen(69).unwrap(), Some(value(69, 10)));
 }
 
 macro_rules! suite {

@@ -26,7 +26,18 @@ impl Model {
     /// Applies a batch; false (and no change) if the store must reject it.
     fn write(&mut self, batch: &[Record]) -> bool {
         let mut next = self.clone();
-        for record in batch {
+        // The contract: a `ChosenRange` is one `Chosen` mark per index.
+        let batch: Vec<Record> = batch
+            .iter()
+            .flat_map(|record| match record {
+                Record::ChosenRange { first, last } if first > last => vec![record.clone()],
+                Record::ChosenRange { first, last } => {
+                    (*first..=*last).map(Record::Chosen).collect()
+                }
+                other => vec![other.clone()],
+            })
+            .collect();
+        for record in &batch {
             match record {
                 Record::Node(node) => next.node = *node,
                 Record::Instance(state) if state.index > next.compacted_through => {
@@ -57,6 +68,8 @@ impl Model {
                     }
                 }
                 Record::Chosen(_) => {}
+                // Only an empty range is left here: the store must refuse it.
+                Record::ChosenRange { .. } => return false,
             }
         }
         *self = next;
@@ -179,6 +192,8 @@ fn record_strategy() -> impl Strategy<Value = Record> {
             |(round, entries)| Record::Accepted { ballot: Ballot::new(round, 2), entries }
         ),
         3 => (1..=INDEX_MAX).prop_map(Record::Chosen),
+        1 => (1..=INDEX_MAX, 0..4u64).prop_map(|(first, more)| Record::ChosenRange { first, last: first + more }),
+        1 => (2..=INDEX_MAX).prop_map(|first| Record::ChosenRange { first, last: first - 1 }),
     ]
 }
 

@@ -177,7 +177,9 @@ impl StorageThread {
                 job.messages.is_empty()
                     && job.messages_after_write.is_empty()
                     && job.reads.is_empty()
-            }) && records.iter().all(|r| matches!(r, Record::Chosen(_)));
+            }) && records
+                .iter()
+                .all(|r| matches!(r, Record::Chosen(_) | Record::ChosenRange { .. }));
             let written = if deferrable {
                 storage.write_deferred(&records)
             } else {
