@@ -179,10 +179,13 @@ impl Node {
             Some(Record::Accepted { ballot: b, entries }) if *b == ballot => {
                 entries.push((index, value.clone()))
             }
-            _ => self.out.records.push(Record::Accepted {
-                ballot,
-                entries: vec![(index, value.clone())],
-            }),
+            _ => {
+                // Sized like the last round's batch (the accept batch keeps
+                // that capacity), so it does not grow entry by entry.
+                let mut entries = Vec::with_capacity(self.accept_batch.capacity().max(1));
+                entries.push((index, value.clone()));
+                self.out.records.push(Record::Accepted { ballot, entries });
+            }
         }
         self.self_accepted.push(index);
         self.accept_batch.push((index, value));
