@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::message::{Body, PromiseEntry};
-use crate::node::{Candidate, FastMap, Leader, Node, RoleState};
+use crate::node::{Candidate, ChosenRuns, FastMap, Leader, Node, RoleState};
 use crate::types::{Ballot, Index, NodeId, Outcome, Record, ReqId, Value};
 
 /// Marks a reqid waiting in the leader's queue in `Leader::assigned`.
@@ -446,6 +446,7 @@ impl Node {
                 l.heard |= bit;
                 let base = self.base;
                 let mut freed_proposers = 0;
+                let mut marks = ChosenRuns::default();
                 for &index in indices {
                     if index < base {
                         continue;
@@ -462,9 +463,10 @@ impl Node {
                         if inst.mark_chosen(index) {
                             freed_proposers += 1;
                         }
-                        Record::push_chosen(&mut self.out.records, index);
+                        marks.add(&mut self.out.records, index);
                     }
                 }
+                marks.flush(&mut self.out.records);
                 self.leaderless_active -= freed_proposers;
                 return;
             }

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use rand::Rng;
 
 use crate::message::Body;
-use crate::node::{Instance, Node, RoleState};
+use crate::node::{ChosenRuns, Instance, Node, RoleState};
 use crate::ready::ReadRequest;
 use crate::types::{
     Ballot, ChosenItem, Index, InstanceState, NodeId, Outcome, Record, ReqId, Value,
@@ -86,6 +86,7 @@ impl Node {
         let last = (chosen_through - self.base).min(self.instances.len() as u64 - 1) as usize;
         let base = self.base;
         let mut freed_proposers = 0;
+        let mut marks = ChosenRuns::default();
         for (offset, inst) in self.instances.iter_mut().enumerate().take(last + 1) {
             if !inst.chosen && inst.accepted == ballot && inst.value.is_some() {
                 // Our accepted value is the chosen one (see above).
@@ -93,9 +94,10 @@ impl Node {
                 if inst.mark_chosen(index) {
                     freed_proposers += 1;
                 }
-                Record::push_chosen(&mut self.out.records, index);
+                marks.add(&mut self.out.records, index);
             }
         }
+        marks.flush(&mut self.out.records);
         self.leaderless_active -= freed_proposers;
     }
 

@@ -131,6 +131,32 @@ impl Instance {
     }
 }
 
+/// Chosen marks met in increasing index order, written as runs: one
+/// record per run instead of a look at the last record per index.
+#[derive(Default)]
+pub(crate) struct ChosenRuns {
+    run: Option<(Index, Index)>,
+}
+
+impl ChosenRuns {
+    pub fn add(&mut self, records: &mut Vec<Record>, index: Index) {
+        match &mut self.run {
+            Some((_, last)) if last.checked_add(1) == Some(index) => *last = index,
+            _ => {
+                self.flush(records);
+                self.run = Some((index, index));
+            }
+        }
+    }
+
+    /// Writes the run in progress (call before anything else is recorded).
+    pub fn flush(&mut self, records: &mut Vec<Record>) {
+        if let Some((first, last)) = self.run.take() {
+            Record::push_chosen_run(records, first, last);
+        }
+    }
+}
+
 /// A proposal made on this node that has no outcome yet.
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {

@@ -162,18 +162,32 @@ impl Record {
     /// Appends "`index` is chosen" to `records`: extends the last record if
     /// it marks the run just below `index`, else adds a `Chosen(index)`.
     pub fn push_chosen(records: &mut Vec<Record>, index: Index) {
+        Record::push_chosen_run(records, index, index);
+    }
+
+    /// Appends "every index in `first..=last` is chosen" to `records`
+    /// (`first <= last`): extends the last record if it marks the run just
+    /// below `first`, else adds a `Chosen` or `ChosenRange` record.
+    pub fn push_chosen_run(records: &mut Vec<Record>, first: Index, last: Index) {
+        debug_assert!(first <= last, "chosen run {first}..={last}");
         let run_first = match records.last() {
-            Some(Record::Chosen(below)) if below.checked_add(1) == Some(index) => Some(*below),
-            Some(Record::ChosenRange { first, last }) if last.checked_add(1) == Some(index) => {
-                Some(*first)
-            }
-            _ => None,
+            Some(Record::Chosen(below)) if below.checked_add(1) == Some(first) => *below,
+            Some(Record::ChosenRange {
+                first: below_first,
+                last: below,
+            }) if below.checked_add(1) == Some(first) => *below_first,
+            _ => first,
         };
-        match (run_first, records.last_mut()) {
-            (Some(first), Some(record)) => {
-                *record = Record::ChosenRange { first, last: index };
-            }
-            _ => records.push(Record::Chosen(index)),
+        let record = match run_first == last {
+            true => Record::Chosen(last),
+            false => Record::ChosenRange {
+                first: run_first,
+                last,
+            },
+        };
+        match (run_first < first, records.last_mut()) {
+            (true, Some(below)) => *below = record,
+            _ => records.push(record),
         }
     }
 
@@ -295,6 +309,27 @@ mod tests {
             [2, 3, 4, 9].map(Record::Chosen).to_vec()
         );
         assert_eq!(ranges.iter().map(Record::entries).sum::<usize>(), 4);
+    }
+
+    #[test]
+    fn a_run_of_chosen_marks_joins_the_run_just_below_it() {
+        let mut records = Vec::new();
+        Record::push_chosen_run(&mut records, 7, 7);
+        assert_eq!(records, vec![Record::Chosen(7)]);
+        Record::push_chosen_run(&mut records, 8, 10);
+        assert_eq!(records, vec![Record::ChosenRange { first: 7, last: 10 }]);
+        Record::push_chosen_run(&mut records, 12, 13);
+        Record::push_chosen_run(&mut records, 14, 14);
+        assert_eq!(
+            records,
+            vec![
+                Record::ChosenRange { first: 7, last: 10 },
+                Record::ChosenRange {
+                    first: 12,
+                    last: 14
+                }
+            ]
+        );
     }
 
     #[test]
