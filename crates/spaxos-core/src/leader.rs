@@ -153,12 +153,14 @@ impl Node {
         let ballot = l.ballot;
         let node_promise = self.state.promised;
         let now = self.now;
+        // As `assigned_locally` records it: only within the acceptor window.
+        let in_window = index.saturating_sub(self.base) < self.cfg.acceptor_window_max;
         let inst = self.instance_mut_force(index);
         if inst.promised.max(node_promise) > ballot {
             self.step_down();
             return false;
         }
-        if origin != 0 && !inst.add_origin(origin) {
+        if origin != 0 && in_window && !inst.add_origin(origin) {
             self.extra_origins.entry(index).or_default().push(origin);
         }
         let inst = &mut self.instances[(index - self.base) as usize];
@@ -180,9 +182,15 @@ impl Node {
                 entries.push((index, value.clone()))
             }
             _ => {
-                // Sized like the last round's batch (the accept batch keeps
-                // that capacity), so it does not grow entry by entry.
-                let mut entries = Vec::with_capacity(self.accept_batch.capacity().max(1));
+                // The round's first accept: sized like the last round's
+                // batch (the accept batch keeps that capacity), so it does
+                // not grow entry by entry. A record started later in the
+                // round (after a chosen mark) grows as usual.
+                let capacity = match self.accept_batch.is_empty() {
+                    true => self.accept_batch.capacity().max(1),
+                    false => 1,
+                };
+                let mut entries = Vec::with_capacity(capacity);
                 entries.push((index, value.clone()));
                 self.out.records.push(Record::Accepted { ballot, entries });
             }

@@ -139,22 +139,28 @@ pub enum Record {
         ballot: Ballot,
         entries: Vec<(Index, Value)>,
     },
-    /// The value held by the latest `Instance` record of this index is chosen.
-    /// Saves writing the value twice in the common case.
+    /// The value held by the latest `Instance` record (or `Accepted` entry)
+    /// of this index is chosen. Saves writing the value twice in the common
+    /// case.
     Chosen(Index),
-    /// `Chosen(i)` for every `i` in `first..=last`, in order (`first < last`):
-    /// a run of indices learned chosen together, one record instead of one
-    /// per index.
+    /// `Chosen(i)` for every `i` in `first..=last`, in order: a run of
+    /// indices learned chosen together, one record instead of one per
+    /// index. The core writes it with `first < last`; storage refuses
+    /// `first > last` (an empty range).
     ChosenRange { first: Index, last: Index },
 }
 
 impl Record {
-    /// How many records of one index each this stands for: the entries of
-    /// an `Accepted` record, else 1 (for counting what was written).
+    /// How many records of one index each this stands for (for counting
+    /// what was written): the entries of an `Accepted` record, the indices
+    /// of a `ChosenRange` (0 if empty, saturating), else 1.
     pub fn entries(&self) -> usize {
         match self {
             Record::Accepted { entries, .. } => entries.len(),
-            Record::ChosenRange { first, last } => (last - first + 1) as usize,
+            Record::ChosenRange { first, last } if first > last => 0,
+            Record::ChosenRange { first, last } => {
+                usize::try_from(last - first).map_or(usize::MAX, |n| n.saturating_add(1))
+            }
             _ => 1,
         }
     }
@@ -215,6 +221,10 @@ impl Record {
         let mut out = Vec::with_capacity(records.len());
         for record in records {
             match record {
+                // Records that stand for nothing stay as they are, so a
+                // comparison with an expected list still sees them.
+                Record::Accepted { entries, .. } if entries.is_empty() => out.push(record.clone()),
+                Record::ChosenRange { first, last } if first > last => out.push(record.clone()),
                 Record::Accepted { ballot, entries } => {
                     out.extend(entries.iter().map(|(index, value)| {
                         Record::Instance(InstanceState {
@@ -330,6 +340,25 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn malformed_batch_records_count_and_expand_without_panicking() {
+        let empty_range = Record::ChosenRange { first: 5, last: 4 };
+        let whole_space = Record::ChosenRange {
+            first: 0,
+            last: Index::MAX,
+        };
+        let no_entries = Record::Accepted {
+            ballot: Ballot::new(1, 1),
+            entries: Vec::new(),
+        };
+        assert_eq!(empty_range.entries(), 0);
+        assert_eq!(whole_space.entries(), usize::MAX);
+        assert_eq!(no_entries.entries(), 0);
+        // Records standing for nothing stay visible to a comparison.
+        let kept = [empty_range, no_entries];
+        assert_eq!(Record::per_index(&kept), kept.to_vec());
     }
 
     #[test]

@@ -765,7 +765,7 @@ fn propose_batch_is_propose_for_each_value_in_order() {
     let (a, b) = (single.ready(), batched.ready());
     assert_eq!(a.outcomes, vec![(5, Outcome::Chosen { index: 1 })]);
     assert_eq!(a.outcomes, b.outcomes);
-    assert_eq!(Record::per_index(&a.records), b.records);
+    assert_eq!(a.records, b.records);
     assert_eq!(a.messages, b.messages);
     assert_eq!(a.messages_now, b.messages_now);
     assert_eq!(single.status(), batched.status());

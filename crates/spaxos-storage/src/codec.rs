@@ -427,6 +427,42 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    /// The batch forms are written as their per-index frames, which read
+    /// back as the records they stand for.
+    #[test]
+    fn batch_records_are_written_as_per_index_frames() {
+        let ballot = Ballot::new(2, 3);
+        let batch = [
+            Record::Accepted {
+                ballot,
+                entries: vec![
+                    (5, Value::Noop),
+                    (
+                        7,
+                        Value::One {
+                            reqid: 70,
+                            value: Bytes::from_static(b"seven"),
+                        },
+                    ),
+                ],
+            },
+            Record::ChosenRange { first: 5, last: 7 },
+        ];
+        let mut buf = Vec::new();
+        for record in &batch {
+            encode_record(&mut buf, record);
+        }
+        let mut decoded = Vec::new();
+        let mut at = 0;
+        while at < buf.len() {
+            let (payload, len) = split_record(&buf[at..]).unwrap();
+            decoded.push(decode_record(payload).unwrap());
+            at += len;
+        }
+        assert_eq!(decoded, Record::per_index(&batch));
+        assert_eq!(decoded.len(), 5);
+    }
+
     #[test]
     fn records_round_trip() {
         let records = [

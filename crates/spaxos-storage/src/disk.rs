@@ -400,7 +400,8 @@ impl DiskStorage {
     }
 
     /// Applies one durable frame found at `offset` of segment `segment_id`:
-    /// `record`, or its entry `entry` if it is an `Accepted` record.
+    /// `record`, or the part of it that frame holds: entry `entry` of an
+    /// `Accepted` record, index `first + entry` of a `ChosenRange`.
     /// Returns the index of a chosen mark that had no value to mark.
     fn apply(
         &mut self,
@@ -594,7 +595,7 @@ impl DiskStorage {
                 }
                 Record::ChosenRange { first, last } => {
                     // One frame per index, as `encode_record` writes them.
-                    for index in (*first).max(floor.saturating_add(1))..=*last {
+                    for index in self.state.live_range(*first, *last) {
                         let start = self.buffer.len();
                         codec::encode_chosen(&mut self.buffer, index);
                         let entry = (index - first) as usize;
@@ -710,7 +711,7 @@ impl Storage for DiskStorage {
         }
         // Deferred marks first, in the same frame: one sync covers both.
         let marks = std::mem::take(&mut self.deferred);
-        let mut combined: Vec<Record> = Vec::with_capacity(batch.len() + 1);
+        let mut combined: Vec<Record> = Vec::with_capacity(batch.len() + 8);
         for &index in &marks {
             Record::push_chosen(&mut combined, index);
         }
@@ -740,7 +741,7 @@ impl Storage for DiskStorage {
         for record in batch {
             let indices = match *record {
                 Record::Chosen(index) => index..=index,
-                Record::ChosenRange { first, last } => first..=last,
+                Record::ChosenRange { first, last } => self.state.live_range(first, last),
                 _ => continue,
             };
             for index in indices {

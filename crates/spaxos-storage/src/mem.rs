@@ -78,7 +78,7 @@ impl Storage for MemStorage {
                     }
                 }
                 Record::ChosenRange { first, last } => {
-                    for index in *first..=*last {
+                    for index in self.state.live_range(*first, *last) {
                         let applied = self.state.apply_chosen(index);
                         debug_assert!(applied, "validate checked the chosen marks");
                     }

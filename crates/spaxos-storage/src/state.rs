@@ -99,13 +99,20 @@ impl<V: HeldValue> LogState<V> {
                             "record {position}: chosen range {first}..={last} is empty"
                         )));
                     }
-                    for index in *first..=*last {
+                    for index in self.live_range(*first, *last) {
                         self.validate_chosen(position, index, &in_batch)?;
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// The indices of `first..=last` above the compaction point (marks at
+    /// or below it are ignored), so a range reaching far into the compacted
+    /// prefix costs nothing to check or apply.
+    pub fn live_range(&self, first: Index, last: Index) -> std::ops::RangeInclusive<Index> {
+        first.max(self.compacted_through.saturating_add(1))..=last
     }
 
     /// Checks the chosen mark for `index` of record `position`: a value is

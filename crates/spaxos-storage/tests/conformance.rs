@@ -332,6 +332,20 @@ fn batch_of_accepted_entries<H: Harness>(h: &mut H) {
         .unwrap_err();
     assert!(matches!(err, StorageError::InvalidBatch { .. }), "{err}");
     assert_eq!(store.bounds(), (5, 6));
+    // Marks at or below the compaction point are ignored, in a range too;
+    // index 5 holds nothing, so a range over it is refused.
+    store
+        .write(&[Record::ChosenRange { first: 1, last: 4 }])
+        .unwrap();
+    let err = store
+        .write(&[Record::ChosenRange { first: 1, last: 6 }])
+        .unwrap_err();
+    assert!(matches!(err, StorageError::InvalidBatch { .. }), "{err}");
+    store
+        .write(&[Record::ChosenRange { first: 6, last: 6 }])
+        .unwrap();
+    assert_eq!(store.chosen(6).unwrap(), Some(value(16, 5)));
+    assert_eq!(store.recover(10).unwrap().chosen_through, 4);
 }
 
 fn unchosen_replacement_shrinks_prefix<H: Harness>(h: &mut H) {
