@@ -5,7 +5,9 @@
 use crate::message::{Body, PromiseEntry};
 use crate::node::{Node, RoleState};
 use crate::ready::ReadRequest;
-use crate::types::{Ballot, Index, NodeId, Record, Value};
+use std::sync::Arc;
+
+use crate::types::{AcceptEntries, Ballot, Index, NodeId, Record, Value};
 
 impl Node {
     /// The promise in force at `index`: the per-index promise or the
@@ -159,7 +161,7 @@ impl Node {
         &mut self,
         from: NodeId,
         ballot: Ballot,
-        entries: Vec<(Index, Value)>,
+        entries: AcceptEntries,
         chosen_through: Index,
     ) {
         if ballot < self.state.promised {
@@ -221,7 +223,7 @@ impl Node {
             }
         }
         if !accepted.is_empty() {
-            let entries = kept.unwrap_or(entries);
+            let entries = kept.map_or(entries, Arc::new);
             self.out.records.push(Record::Accepted { ballot, entries });
         }
         if !accepted.is_empty() {

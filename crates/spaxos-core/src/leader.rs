@@ -7,6 +7,7 @@
 //! (highest ballot wins, no-op for holes), and then runs only accepts.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use crate::message::{Body, PromiseEntry};
 use crate::node::{Candidate, ChosenRuns, FastMap, Leader, Node, RoleState};
@@ -176,27 +177,32 @@ impl Node {
         if inst.proposer.take().is_some() {
             self.leaderless_active -= 1;
         }
-        // Consecutive accepts of one ballot share a record.
-        match self.out.records.last_mut() {
-            Some(Record::Accepted { ballot: b, entries }) if *b == ballot => {
-                entries.push((index, value.clone()))
+        // Consecutive accepts of this round share a record, which is also
+        // what `flush_batches` sends the peers (the value moves in).
+        let last = self.out.records.len().checked_sub(1);
+        match (self.round_accepts.last(), self.out.records.last_mut()) {
+            (Some(&ours), Some(Record::Accepted { entries, .. })) if Some(ours) == last => {
+                Arc::make_mut(entries).push((index, value));
             }
             _ => {
-                // The round's first accept: sized like the last round's
-                // batch (the accept batch keeps that capacity), so it does
-                // not grow entry by entry. A record started later in the
-                // round (after a chosen mark) grows as usual.
-                let capacity = match self.accept_batch.is_empty() {
-                    true => self.accept_batch.capacity().max(1),
+                // The round's first accept is sized like the last round's
+                // batch, so it does not grow entry by entry; a record
+                // started later in the round (after another record) grows
+                // as usual.
+                let capacity = match self.round_accepts.is_empty() {
+                    true => self.last_round_accepts.max(1),
                     false => 1,
                 };
                 let mut entries = Vec::with_capacity(capacity);
-                entries.push((index, value.clone()));
-                self.out.records.push(Record::Accepted { ballot, entries });
+                entries.push((index, value));
+                self.round_accepts.push(self.out.records.len());
+                self.out.records.push(Record::Accepted {
+                    ballot,
+                    entries: Arc::new(entries),
+                });
             }
         }
         self.self_accepted.push(index);
-        self.accept_batch.push((index, value));
         true
     }
 
@@ -440,7 +446,7 @@ impl Node {
         }
         for ((to, _), entries) in peers.into_iter().zip(per_peer) {
             if !entries.is_empty() {
-                self.broadcast_accepts(ballot, entries, Some(to));
+                self.broadcast_accepts(ballot, entries.into(), Some(to));
             }
         }
     }
@@ -516,7 +522,7 @@ impl Node {
                         }
                     }
                 }
-                self.accept_batch.clear();
+                self.round_accepts.clear();
                 self.self_accepted.clear();
                 self.leader = None;
                 self.leaderless_since = self.now;

@@ -23,6 +23,6 @@ pub use message::{Body, Message, PromiseEntry};
 pub use node::{Node, NodeStatus, ProposeError, Role};
 pub use ready::{ReadRequest, Ready};
 pub use types::{
-    Ballot, ChosenItem, Index, InstanceState, NodeId, NodeState, Outcome, Record, RecoveredState,
-    ReqId, Value,
+    AcceptEntries, Ballot, ChosenItem, Index, InstanceState, NodeId, NodeState, Outcome, Record,
+    RecoveredState, ReqId, Value,
 };

@@ -1,7 +1,7 @@
 //! Messages between nodes. The transport encodes them (protobuf); the core
 //! only sees these types.
 
-use crate::types::{Ballot, Index, NodeId, ReqId, Value};
+use crate::types::{AcceptEntries, Ballot, Index, NodeId, ReqId, Value};
 
 /// A message from one node to another (`from == to` for messages to self,
 /// which the runtime loops back after the batch they came with is durable).
@@ -50,7 +50,7 @@ pub enum Body {
     /// knowledge: every index at or below it is chosen.
     Accept {
         ballot: Ballot,
-        entries: Vec<(Index, Value)>,
+        entries: AcceptEntries,
         chosen_through: Index,
     },
     /// Phase 2b, batched: the acceptor accepted `ballot` at these indices.

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -13,7 +14,8 @@ use crate::message::{Body, Message};
 use crate::proposer::SingleProposer;
 use crate::ready::Ready;
 use crate::types::{
-    Ballot, Index, InstanceState, NodeId, NodeState, Outcome, Record, RecoveredState, ReqId, Value,
+    AcceptEntries, Ballot, Index, InstanceState, NodeId, NodeState, Outcome, Record,
+    RecoveredState, ReqId, Value,
 };
 
 /// Hasher for maps keyed by `u64` ids (reqids, indices): one multiply, no
@@ -269,8 +271,11 @@ pub struct Node {
     pub(crate) catchup_compacted_below: Option<Index>,
 
     pub(crate) out: Ready,
-    /// Leader accepts gathered during this step, broadcast at `ready()`.
-    pub(crate) accept_batch: Vec<(Index, Value)>,
+    /// Where in `out.records` this round's leader accepts are (one
+    /// `Record::Accepted` each run of them): broadcast at `ready()`.
+    pub(crate) round_accepts: Vec<usize>,
+    /// How many accepts the last round broadcast (sizes the next record).
+    pub(crate) last_round_accepts: usize,
     /// Indices the local acceptor accepted as leader, acknowledged to itself
     /// after they are durable.
     pub(crate) self_accepted: Vec<Index>,
@@ -323,7 +328,8 @@ impl Node {
             catchup_sent_at: None,
             catchup_compacted_below: None,
             out: Ready::default(),
-            accept_batch: Vec::new(),
+            round_accepts: Vec::new(),
+            last_round_accepts: 0,
             self_accepted: Vec::new(),
             forward_batch: Vec::new(),
             forward_acks: BTreeMap::new(),
@@ -551,7 +557,7 @@ impl Node {
     /// True when [`Node::ready`] would return something.
     pub fn has_ready(&self) -> bool {
         !self.out.is_empty()
-            || !self.accept_batch.is_empty()
+            || !self.round_accepts.is_empty()
             || !self.self_accepted.is_empty()
             || !self.forward_batch.is_empty()
             || !self.forward_acks.is_empty()
@@ -791,18 +797,32 @@ impl Node {
     }
 
     fn flush_batches(&mut self) {
-        if !self.accept_batch.is_empty() {
+        if !self.round_accepts.is_empty() {
             let ballot = match &self.role {
                 RoleState::Leader(l) => Some(l.ballot),
                 _ => None,
             };
-            // The batch moves into the messages (one copy fewer per
-            // entry); the next round's starts at this one's size.
-            let size = self.accept_batch.len();
-            let entries = std::mem::replace(&mut self.accept_batch, Vec::with_capacity(size));
+            let mut positions = std::mem::take(&mut self.round_accepts);
+            let entries_at = |records: &[Record], at: usize| match &records[at] {
+                Record::Accepted { entries, .. } => entries.clone(),
+                other => panic!("round accept record {at} is {other:?}"),
+            };
+            // Usually one record: the peers get that very vector.
+            let entries = match positions.as_slice() {
+                [one] => entries_at(&self.out.records, *one),
+                several => Arc::new(
+                    several
+                        .iter()
+                        .flat_map(|&at| entries_at(&self.out.records, at).to_vec())
+                        .collect(),
+                ),
+            };
+            self.last_round_accepts = entries.len();
             if let Some(ballot) = ballot {
                 self.broadcast_accepts(ballot, entries, None);
             }
+            positions.clear();
+            self.round_accepts = positions;
         }
         if !self.self_accepted.is_empty() {
             if let RoleState::Leader(l) = &self.role {
@@ -836,7 +856,7 @@ impl Node {
     pub(crate) fn broadcast_accepts(
         &mut self,
         ballot: Ballot,
-        entries: Vec<(Index, Value)>,
+        entries: AcceptEntries,
         only_to: Option<NodeId>,
     ) {
         let chosen_through = self.base - 1;
@@ -866,17 +886,17 @@ impl Node {
             entries,
             chosen_through,
         };
-        if let ([_], Some((&last, others))) = (chunks.as_slice(), targets.split_last()) {
-            // The common case, one run: the last peer takes the batch itself.
-            for &to in others {
+        if let [_] = chunks.as_slice() {
+            // The common case, one run: every peer gets the same vector.
+            for &to in &targets {
                 self.send_now(to, accept(entries.clone()));
             }
-            self.send_now(last, accept(entries));
             return;
         }
         for chunk in chunks {
+            let part: AcceptEntries = Arc::new(entries[chunk].to_vec());
             for &to in &targets {
-                self.send_now(to, accept(entries[chunk.clone()].to_vec()));
+                self.send_now(to, accept(part.clone()));
             }
         }
     }

@@ -105,7 +105,7 @@ impl Node {
                 to,
                 Body::Accept {
                     ballot,
-                    entries: vec![(index, proposal.clone())],
+                    entries: vec![(index, proposal.clone())].into(),
                     chosen_through: 0,
                 },
             );

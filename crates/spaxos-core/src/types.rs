@@ -85,6 +85,11 @@ impl Value {
     }
 }
 
+/// The entries of a phase 2 batch: `(index, value)` in the order given,
+/// shared (an `Arc`) so the leader's record and its accept to every peer
+/// are one vector, and a follower's record is the message's own.
+pub type AcceptEntries = Arc<Vec<(Index, Value)>>;
+
 /// Node-wide hard state: persisted before any message that depends on it.
 #[derive(Copy, Clone, PartialEq, Eq, Debug, Default)]
 pub struct NodeState {
@@ -137,7 +142,7 @@ pub enum Record {
     /// `chosen = false`; one record per batch instead of one per entry.
     Accepted {
         ballot: Ballot,
-        entries: Vec<(Index, Value)>,
+        entries: AcceptEntries,
     },
     /// The value held by the latest `Instance` record (or `Accepted` entry)
     /// of this index is chosen. Saves writing the value twice in the common
@@ -205,7 +210,7 @@ impl Record {
     /// ```
     /// use spaxos_core::{Ballot, InstanceState, Record, Value};
     /// let ballot = Ballot::new(1, 1);
-    /// let batch = [Record::Accepted { ballot, entries: vec![(7, Value::Noop)] }];
+    /// let batch = [Record::Accepted { ballot, entries: vec![(7, Value::Noop)].into() }];
     /// assert_eq!(
     ///     Record::per_index(&batch),
     ///     vec![Record::Instance(InstanceState {
@@ -351,7 +356,7 @@ mod tests {
         };
         let no_entries = Record::Accepted {
             ballot: Ballot::new(1, 1),
-            entries: Vec::new(),
+            entries: Vec::new().into(),
         };
         assert_eq!(empty_range.entries(), 0);
         assert_eq!(whole_space.entries(), usize::MAX);

@@ -389,7 +389,7 @@ fn prepare_range_ignores_single_index_promises_below_from_index() {
         2,
         Body::Accept {
             ballot: b(3, 1),
-            entries: vec![(2, one(1, "a"))],
+            entries: vec![(2, one(1, "a"))].into(),
             chosen_through: 0,
         },
     ));
@@ -418,7 +418,7 @@ fn accept_at_promise_persists_then_acknowledges() {
         2,
         Body::Accept {
             ballot: b(1, 1),
-            entries: vec![(1, one(5, "a")), (2, one(6, "b"))],
+            entries: vec![(1, one(5, "a")), (2, one(6, "b"))].into(),
             chosen_through: 0,
         },
     ));
@@ -457,7 +457,7 @@ fn accept_above_promise_overwrites_a_lower_accepted_value() {
         2,
         Body::Accept {
             ballot: b(2, 1),
-            entries: vec![(1, one(6, "new"))],
+            entries: vec![(1, one(6, "new"))].into(),
             chosen_through: 0,
         },
     ));
@@ -492,7 +492,7 @@ fn accept_below_node_wide_promise_is_rejected() {
         2,
         Body::Accept {
             ballot: b(2, 1),
-            entries: vec![(1, one(5, "a")), (2, one(6, "b"))],
+            entries: vec![(1, one(5, "a")), (2, one(6, "b"))].into(),
             chosen_through: 0,
         },
     ));
@@ -526,7 +526,7 @@ fn accept_after_a_higher_per_index_promise_is_rejected_for_that_index_only() {
         2,
         Body::Accept {
             ballot: b(2, 1),
-            entries: vec![(1, one(5, "a")), (2, one(6, "b")), (3, one(7, "c"))],
+            entries: vec![(1, one(5, "a")), (2, one(6, "b")), (3, one(7, "c"))].into(),
             chosen_through: 0,
         },
     ));
@@ -536,7 +536,7 @@ fn accept_after_a_higher_per_index_promise_is_rejected_for_that_index_only() {
         ready.records,
         vec![Record::Accepted {
             ballot: b(2, 1),
-            entries: vec![(1, one(5, "a")), (3, one(7, "c"))],
+            entries: vec![(1, one(5, "a")), (3, one(7, "c"))].into(),
         }]
     );
     assert_eq!(
@@ -585,7 +585,7 @@ fn accept_chosen_through_marks_chosen_only_indices_accepted_at_that_ballot() {
         2,
         Body::Accept {
             ballot: b(2, 1),
-            entries: vec![(1, one(10, "a"))],
+            entries: vec![(1, one(10, "a"))].into(),
             chosen_through: 0,
         },
     ));
@@ -595,7 +595,7 @@ fn accept_chosen_through_marks_chosen_only_indices_accepted_at_that_ballot() {
         2,
         Body::Accept {
             ballot: b(2, 1),
-            entries: vec![(3, one(30, "c"))],
+            entries: vec![(3, one(30, "c"))].into(),
             chosen_through: 2,
         },
     ));
@@ -709,7 +709,7 @@ fn accept_on_a_chosen_index_leaves_it_alone() {
         2,
         Body::Accept {
             ballot: b(5, 3),
-            entries: vec![(2, one(21, "w"))],
+            entries: vec![(2, one(21, "w"))].into(),
             chosen_through: 0,
         },
     ));

@@ -230,7 +230,7 @@ fn phase_one_quorum_recovers_highest_accepted_values_and_noops_holes() {
     };
     let accept = Body::Accept {
         ballot: b(6, 1),
-        entries: recovered,
+        entries: recovered.into(),
         chosen_through: 0,
     };
     assert_eq!(
@@ -285,7 +285,7 @@ fn phase_one_quorum_recovers_highest_accepted_values_and_noops_holes() {
     );
     let accept = Body::Accept {
         ballot: b(6, 1),
-        entries: vec![(5, one(77, "new"))],
+        entries: vec![(5, one(77, "new"))].into(),
         chosen_through: 0,
     };
     assert_eq!(
@@ -344,7 +344,7 @@ fn chosen_entry_reported_in_a_promise_is_learned_not_re_proposed() {
     );
     let accept = Body::Accept {
         ballot: b(6, 1),
-        entries: vec![(2, one(12, "open"))],
+        entries: vec![(2, one(12, "open"))].into(),
         chosen_through: 1,
     };
     let heartbeat = Body::Heartbeat {
@@ -595,7 +595,7 @@ fn accepts_piggyback_chosen_through() {
     let ready = node.ready();
     let accept = Body::Accept {
         ballot: b(1, 1),
-        entries: vec![(2, one(8, "eight"))],
+        entries: vec![(2, one(8, "eight"))].into(),
         chosen_through: 1,
     };
     assert_eq!(
@@ -645,7 +645,7 @@ fn unacknowledged_accepts_are_resent_to_the_silent_peers_only() {
     }
     let accept = Body::Accept {
         ballot,
-        entries: vec![(4, one(10, "ten"))],
+        entries: vec![(4, one(10, "ten"))].into(),
         chosen_through: 3,
     };
     assert_eq!(resent, vec![msg(1, 2, accept.clone()), msg(1, 3, accept)]);
@@ -792,7 +792,7 @@ fn leader_steps_down_on_an_accept_with_a_higher_ballot() {
         1,
         Body::Accept {
             ballot: b(2, 3),
-            entries: vec![(1, one(7, "seven"))],
+            entries: vec![(1, one(7, "seven"))].into(),
             chosen_through: 0,
         },
     ));

@@ -87,7 +87,7 @@ fn leaderless_proposer_adopts_the_highest_accepted_value_of_its_quorum() {
     assert_eq!(Record::per_index(&ready.records), vec![]);
     let accept = Body::Accept {
         ballot: b(5, 1),
-        entries: vec![(1, one(8, "theirs"))],
+        entries: vec![(1, one(8, "theirs"))].into(),
         chosen_through: 0,
     };
     // The accept to itself waits for durability like any vote; the others go now.
@@ -112,7 +112,7 @@ fn leaderless_proposer_proposes_its_own_value_when_nothing_was_accepted() {
     let ready = node.ready();
     let accept = Body::Accept {
         ballot: b(5, 1),
-        entries: vec![(1, one(7, "mine"))],
+        entries: vec![(1, one(7, "mine"))].into(),
         chosen_through: 0,
     };
     assert_eq!(ready.messages, vec![msg(1, 1, accept.clone())]);
@@ -454,7 +454,7 @@ fn follower_forwards_proposals_to_the_known_leader() {
         lready.records,
         vec![Record::Accepted {
             ballot,
-            entries: vec![(1, one(5, "five")), (2, one(6, "six"))],
+            entries: vec![(1, one(5, "five")), (2, one(6, "six"))].into(),
         }]
     );
     assert_eq!(
@@ -477,7 +477,7 @@ fn follower_forwards_proposals_to_the_known_leader() {
     );
     let accept = Body::Accept {
         ballot,
-        entries: vec![(1, one(5, "five")), (2, one(6, "six"))],
+        entries: vec![(1, one(5, "five")), (2, one(6, "six"))].into(),
         chosen_through: 0,
     };
     let ack = Body::ForwardAck {
@@ -671,7 +671,7 @@ fn leader_proposals_get_consecutive_indices_in_one_accept_batch() {
     );
     let accept = Body::Accept {
         ballot,
-        entries: vec![(1, one(5, "a")), (2, many)],
+        entries: vec![(1, one(5, "a")), (2, many)].into(),
         chosen_through: 0,
     };
     assert_eq!(

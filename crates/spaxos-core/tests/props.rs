@@ -94,7 +94,7 @@ fn acceptor_input() -> impl Strategy<Value = Message> {
                 2,
                 Body::Accept {
                     ballot,
-                    entries: entries.into_iter().collect(),
+                    entries: entries.into_iter().collect::<Vec<_>>().into(),
                     chosen_through,
                 },
             )

@@ -80,7 +80,7 @@ impl Checker {
                     msg.from
                 ));
             }
-            for (index, value) in entries {
+            for (index, value) in entries.iter() {
                 match self.accept_values.get(&(*index, *ballot)) {
                     Some(existing) if existing != value => {
                         let text = format!(

@@ -174,7 +174,7 @@ pub fn encode_record(out: &mut Vec<u8>, record: &Record) {
             state.value.as_ref(),
         ),
         Record::Accepted { ballot, entries } => {
-            for (index, value) in entries {
+            for (index, value) in entries.iter() {
                 encode_instance(out, *index, *ballot, *ballot, false, Some(value));
             }
         }
@@ -444,7 +444,8 @@ mod tests {
                             value: Bytes::from_static(b"seven"),
                         },
                     ),
-                ],
+                ]
+                .into(),
             },
             Record::ChosenRange { first: 5, last: 7 },
         ];

@@ -73,7 +73,7 @@ impl Storage for MemStorage {
                     self.state.apply_instance(instance, instance.value.clone())
                 }
                 Record::Accepted { ballot, entries } => {
-                    for (index, value) in entries {
+                    for (index, value) in entries.iter() {
                         self.state.apply_accepted(*index, *ballot, value.clone());
                     }
                 }

@@ -83,7 +83,7 @@ impl<V: HeldValue> LogState<V> {
                     in_batch.push((state.index, state.value.is_some()));
                 }
                 Record::Accepted { entries, .. } => {
-                    for (index, _) in entries {
+                    for (index, _) in entries.iter() {
                         if *index == 0 || *index == Index::MAX {
                             return Err(StorageError::invalid(format!(
                                 "record {position}: accepted index {index} is out of range"

@@ -264,7 +264,7 @@ fn batch_of_accepted_entries<H: Harness>(h: &mut H) {
             node(4),
             Record::Accepted {
                 ballot,
-                entries: entries.clone(),
+                entries: entries.clone().into(),
             },
             Record::Chosen(1),
             Record::Chosen(2),
@@ -307,7 +307,7 @@ fn batch_of_accepted_entries<H: Harness>(h: &mut H) {
     store
         .write(&[Record::Accepted {
             ballot,
-            entries: vec![(3, value(99, 5)), (6, value(16, 5))],
+            entries: vec![(3, value(99, 5)), (6, value(16, 5))].into(),
         }])
         .unwrap();
     let store = h.reopen(store);
@@ -327,7 +327,7 @@ fn batch_of_accepted_entries<H: Harness>(h: &mut H) {
     let err = store
         .write(&[Record::Accepted {
             ballot,
-            entries: vec![(7, value(17, 1)), (0, value(18, 1))],
+            entries: vec![(7, value(17, 1)), (0, value(18, 1))].into(),
         }])
         .unwrap_err();
     assert!(matches!(err, StorageError::InvalidBatch { .. }), "{err}");
@@ -392,7 +392,7 @@ fn deferred_chosen_marks<H: Harness>(h: &mut H) {
     store
         .write(&[Record::Accepted {
             ballot: Ballot::new(1, 1),
-            entries: values[..9].to_vec(),
+            entries: values[..9].to_vec().into(),
         }])
         .unwrap();
     let err = store

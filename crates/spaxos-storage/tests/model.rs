@@ -47,7 +47,7 @@ impl Model {
                 Record::Instance(_) => {}
                 // The contract: one `Instance` record per entry, in order.
                 Record::Accepted { ballot, entries } => {
-                    for (index, value) in entries {
+                    for (index, value) in entries.iter() {
                         if *index > next.compacted_through {
                             let state = InstanceState {
                                 index: *index,
@@ -189,7 +189,7 @@ fn record_strategy() -> impl Strategy<Value = Record> {
             })
         ),
         2 => (0..5u64, prop::collection::vec((1..=INDEX_MAX, value_strategy()), 1..5)).prop_map(
-            |(round, entries)| Record::Accepted { ballot: Ballot::new(round, 2), entries }
+            |(round, entries)| Record::Accepted { ballot: Ballot::new(round, 2), entries: entries.into() }
         ),
         3 => (1..=INDEX_MAX).prop_map(Record::Chosen),
         1 => (1..=INDEX_MAX, 0..4u64).prop_map(|(first, more)| Record::ChosenRange { first, last: first + more }),

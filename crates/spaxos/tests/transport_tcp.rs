@@ -123,7 +123,7 @@ fn every_kind() -> Vec<Body> {
         },
         Body::Accept {
             ballot: b,
-            entries: vec![(13, one(7, b"seven")), (14, Value::Noop)],
+            entries: vec![(13, one(7, b"seven")), (14, Value::Noop)].into(),
             chosen_through: 12,
         },
         Body::Accepted {
@@ -383,7 +383,8 @@ fn loopback_throughput() {
                             },
                         )
                     })
-                    .collect(),
+                    .collect::<Vec<_>>()
+                    .into(),
                 chosen_through: first,
             },
         };

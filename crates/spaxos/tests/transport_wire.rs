@@ -82,7 +82,7 @@ fn arb_body() -> impl Strategy<Value = Body> {
         (arb_ballot(), arb_entries(), any::<u64>()).prop_map(
             |(ballot, entries, chosen_through)| Body::Accept {
                 ballot,
-                entries,
+                entries: entries.into(),
                 chosen_through
             }
         ),
@@ -205,7 +205,8 @@ fn decoding_is_zero_copy() {
                     reqid: 9,
                     value: payload,
                 },
-            )],
+            )]
+            .into(),
             chosen_through: 4,
         },
     };

@@ -578,7 +578,7 @@ impl TryFrom<WireMessage> for Message {
             },
             WireBody::Accept(a) => Body::Accept {
                 ballot: unballot(a.ballot, "ballot")?,
-                entries: unentries(a.entries)?,
+                entries: unentries(a.entries)?.into(),
                 chosen_through: a.chosen_through,
             },
             WireBody::Accepted(a) => Body::Accepted {
