@@ -798,27 +798,36 @@ impl Node {
 
     fn flush_batches(&mut self) {
         if !self.round_accepts.is_empty() {
-            let ballot = match &self.role {
-                RoleState::Leader(l) => Some(l.ballot),
-                _ => None,
+            // `step_down` empties the positions, so this node still leads.
+            let RoleState::Leader(l) = &self.role else {
+                panic!("accepts of this round recorded, but not leading");
             };
+            let ballot = l.ballot;
             let mut positions = std::mem::take(&mut self.round_accepts);
+            // Safety: only this round's own records, at this ballot, go to
+            // the peers under it.
             let entries_at = |records: &[Record], at: usize| match &records[at] {
-                Record::Accepted { entries, .. } => entries.clone(),
-                other => panic!("round accept record {at} is {other:?}"),
+                Record::Accepted { ballot: b, entries } if *b == ballot => entries.clone(),
+                other => panic!("round accept record {at} is {other:?}, not at ballot {ballot}"),
             };
-            // Usually one record: the peers get that very vector.
-            let entries = match positions.as_slice() {
-                [one] => entries_at(&self.out.records, *one),
-                several => Arc::new(
-                    several
-                        .iter()
-                        .flat_map(|&at| entries_at(&self.out.records, at).to_vec())
-                        .collect(),
-                ),
-            };
-            self.last_round_accepts = entries.len();
-            if let Some(ballot) = ballot {
+            let total: usize = positions
+                .iter()
+                .map(|&at| entries_at(&self.out.records, at).len())
+                .sum();
+            self.last_round_accepts = total;
+            if self.members.len() > 1 {
+                // Usually one record: the peers get that very vector.
+                // Several (other records came between) are joined.
+                let entries = match positions.as_slice() {
+                    [one] => entries_at(&self.out.records, *one),
+                    several => {
+                        let mut joined = Vec::with_capacity(total);
+                        for &at in several {
+                            joined.extend(entries_at(&self.out.records, at).iter().cloned());
+                        }
+                        Arc::new(joined)
+                    }
+                };
                 self.broadcast_accepts(ballot, entries, None);
             }
             positions.clear();
@@ -861,7 +870,8 @@ impl Node {
     ) {
         let chosen_through = self.base - 1;
         // Split into runs of at most `batch_bytes_max` payload bytes (one
-        // entry at least), each copied once per peer at its exact size.
+        // entry at least); one run is the batch itself, shared by every
+        // peer, more are copied once each and shared.
         let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
         let mut bytes = 0usize;
         let mut start = 0usize;
