@@ -207,7 +207,7 @@ impl Node {
                     } else {
                         inst.promised = ballot;
                         inst.accepted = ballot;
-                        inst.value = Some(value.clone());
+                        value.clone_into_slot(&mut inst.value);
                         true
                     }
                 }

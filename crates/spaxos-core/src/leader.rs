@@ -170,7 +170,7 @@ impl Node {
         }
         inst.promised = ballot;
         inst.accepted = ballot;
-        inst.value = Some(value.clone());
+        value.clone_into_slot(&mut inst.value);
         inst.vote_ballot = ballot;
         inst.votes = 0;
         inst.proposed_at = now;
