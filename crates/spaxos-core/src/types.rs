@@ -191,6 +191,16 @@ impl Record {
         }
     }
 
+    /// The indices a `Chosen` or `ChosenRange` record marks chosen (empty
+    /// for a range with `first > last`); `None` for any other record.
+    pub fn chosen_indices(&self) -> Option<std::ops::RangeInclusive<Index>> {
+        match *self {
+            Record::Chosen(index) => Some(index..=index),
+            Record::ChosenRange { first, last } => Some(first..=last),
+            _ => None,
+        }
+    }
+
     /// Appends "`index` is chosen" to `records`: extends the last record if
     /// it marks the run just below `index`, else adds a `Chosen(index)`.
     pub fn push_chosen(records: &mut Vec<Record>, index: Index) {
@@ -379,6 +389,9 @@ mod tests {
             ballot: Ballot::new(1, 1),
             entries: Vec::new().into(),
         };
+        assert_eq!(empty_range.chosen_indices().map(|r| r.count()), Some(0));
+        assert_eq!(Record::Chosen(3).chosen_indices(), Some(3..=3));
+        assert_eq!(no_entries.chosen_indices(), None);
         assert_eq!(empty_range.entries(), 0);
         assert_eq!(whole_space.entries(), usize::MAX);
         assert_eq!(no_entries.entries(), 0);

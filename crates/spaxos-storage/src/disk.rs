@@ -411,12 +411,15 @@ impl DiskStorage {
         record: &Record,
         entry: usize,
     ) -> Option<Index> {
-        let stored = |value: &Value| ValueRef::Stored {
-            segment_id,
-            offset,
-            frame_len: frame_len as u32,
-            payload_len: value.payload_len() as u32,
-            reqid: value.reqid().unwrap_or(0),
+        let held = |value: &Value| match value {
+            Value::Noop => ValueRef::Noop,
+            Value::One { .. } | Value::Many { .. } => ValueRef::Stored {
+                segment_id,
+                offset,
+                frame_len: frame_len as u32,
+                payload_len: value.payload_len() as u32,
+                reqid: value.reqid().unwrap_or(0),
+            },
         };
         let record_index = match record {
             Record::Node(node) => {
@@ -424,30 +427,18 @@ impl DiskStorage {
                 None
             }
             Record::Instance(instance) => {
-                let held = instance.value.as_ref().map(|value| match value {
-                    Value::Noop => ValueRef::Noop,
-                    Value::One { .. } | Value::Many { .. } => stored(value),
-                });
-                self.state.apply_instance(instance, held);
+                self.state
+                    .apply_instance(instance, instance.value.as_ref().map(held));
                 Some(instance.index)
             }
             Record::Accepted { ballot, entries } => {
                 let (index, value) = &entries[entry];
-                let held = match value {
-                    Value::Noop => ValueRef::Noop,
-                    Value::One { .. } | Value::Many { .. } => stored(value),
-                };
-                self.state.apply_accepted(*index, *ballot, held);
+                self.state.apply_accepted(*index, *ballot, held(value));
                 Some(*index)
             }
-            Record::Chosen(index) => {
-                if !self.state.apply_chosen(*index) {
-                    return Some(*index);
-                }
-                Some(*index)
-            }
-            Record::ChosenRange { first, .. } => {
-                let index = first + entry as u64;
+            Record::Chosen(_) | Record::ChosenRange { .. } => {
+                let marks = record.chosen_indices().expect("a chosen mark");
+                let index = marks.start() + entry as u64;
                 if !self.state.apply_chosen(index) {
                     return Some(index);
                 }
@@ -558,6 +549,15 @@ impl DiskStorage {
         error
     }
 
+    /// Appends one record frame to `self.buffer` with `encode` and notes
+    /// where it lies: part `entry` of the batch's record `position`.
+    fn encode_frame(&mut self, position: usize, entry: usize, encode: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buffer.len();
+        encode(&mut self.buffer);
+        self.record_frames
+            .push((position, entry, start, self.buffer.len() - start));
+    }
+
     /// Encodes the batch frame into `self.buffer` (skipping compacted
     /// records); false if nothing is left to write.
     fn encode_batch(&mut self, batch: &[Record]) -> Result<bool, StorageError> {
@@ -572,51 +572,34 @@ impl DiskStorage {
                 Record::Accepted { ballot, entries } => {
                     // One frame per entry, as `encode_record` writes them.
                     for (entry, (index, value)) in entries.iter().enumerate() {
-                        if *index <= floor {
-                            continue;
+                        if *index > floor {
+                            self.encode_frame(position, entry, |out| {
+                                codec::encode_instance(
+                                    out,
+                                    *index,
+                                    *ballot,
+                                    *ballot,
+                                    false,
+                                    Some(value),
+                                )
+                            });
                         }
-                        let start = self.buffer.len();
-                        codec::encode_instance(
-                            &mut self.buffer,
-                            *index,
-                            *ballot,
-                            *ballot,
-                            false,
-                            Some(value),
-                        );
-                        self.record_frames.push((
-                            position,
-                            entry,
-                            start,
-                            self.buffer.len() - start,
-                        ));
                     }
                     continue;
                 }
                 Record::ChosenRange { first, last } => {
                     // One frame per index, as `encode_record` writes them.
                     for index in self.state.live_range(*first, *last) {
-                        let start = self.buffer.len();
-                        codec::encode_chosen(&mut self.buffer, index);
                         let entry = (index - first) as usize;
-                        self.record_frames.push((
-                            position,
-                            entry,
-                            start,
-                            self.buffer.len() - start,
-                        ));
+                        self.encode_frame(position, entry, |out| codec::encode_chosen(out, index));
                     }
                     continue;
                 }
                 Record::Chosen(index) => *index <= floor,
             };
-            if compacted {
-                continue;
+            if !compacted {
+                self.encode_frame(position, 0, |out| codec::encode_record(out, record));
             }
-            let start = self.buffer.len();
-            codec::encode_record(&mut self.buffer, record);
-            self.record_frames
-                .push((position, 0, start, self.buffer.len() - start));
         }
         if self.record_frames.is_empty() {
             return Ok(false);
@@ -738,13 +721,8 @@ impl Storage for DiskStorage {
         if self.deferred.len() + marks > DEFERRED_MARKS_MAX {
             return self.write(batch);
         }
-        for record in batch {
-            let indices = match *record {
-                Record::Chosen(index) => index..=index,
-                Record::ChosenRange { first, last } => self.state.live_range(first, last),
-                _ => continue,
-            };
-            for index in indices {
+        for marks in batch.iter().filter_map(Record::chosen_indices) {
+            for index in self.state.live_range(*marks.start(), *marks.end()) {
                 let applied = self.state.apply_chosen(index);
                 debug_assert!(applied, "validate checked the chosen marks");
                 // Compacted indices are chosen already; nothing to write.

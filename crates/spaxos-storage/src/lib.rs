@@ -117,10 +117,7 @@ pub trait Storage: Send {
 
 /// Refuses a deferred batch holding anything but `Chosen` marks.
 pub(crate) fn check_deferrable(batch: &[Record]) -> Result<(), StorageError> {
-    let refused = match batch
-        .iter()
-        .find(|r| !matches!(r, Record::Chosen(_) | Record::ChosenRange { .. }))
-    {
+    let refused = match batch.iter().find(|r| r.chosen_indices().is_none()) {
         None => return Ok(()),
         Some(Record::Instance(state)) => format!("the state of instance {}", state.index),
         Some(Record::Accepted { entries, .. }) => {

@@ -77,15 +77,12 @@ impl Storage for MemStorage {
                         self.state.apply_accepted(*index, *ballot, value.clone());
                     }
                 }
-                Record::ChosenRange { first, last } => {
-                    for index in self.state.live_range(*first, *last) {
+                Record::Chosen(_) | Record::ChosenRange { .. } => {
+                    let marks = record.chosen_indices().expect("a chosen mark");
+                    for index in self.state.live_range(*marks.start(), *marks.end()) {
                         let applied = self.state.apply_chosen(index);
                         debug_assert!(applied, "validate checked the chosen marks");
                     }
-                }
-                Record::Chosen(index) => {
-                    let applied = self.state.apply_chosen(*index);
-                    debug_assert!(applied, "validate checked the chosen mark");
                 }
             }
         }

@@ -177,9 +177,7 @@ impl StorageThread {
                 job.messages.is_empty()
                     && job.messages_after_write.is_empty()
                     && job.reads.is_empty()
-            }) && records
-                .iter()
-                .all(|r| matches!(r, Record::Chosen(_) | Record::ChosenRange { .. }));
+            }) && records.iter().all(|r| r.chosen_indices().is_some());
             let written = if deferrable {
                 storage.write_deferred(&records)
             } else {
