@@ -806,30 +806,24 @@ impl Node {
             let mut positions = std::mem::take(&mut self.round_accepts);
             // Safety: only this round's own records, at this ballot, go to
             // the peers under it.
-            let entries_at = |records: &[Record], at: usize| match &records[at] {
-                Record::Accepted { ballot: b, entries } if *b == ballot => entries.clone(),
+            let records = &self.out.records;
+            let entries_at = |at: usize| match &records[at] {
+                Record::Accepted { ballot: b, entries } if *b == ballot => entries,
                 other => panic!("round accept record {at} is {other:?}, not at ballot {ballot}"),
             };
-            let total: usize = positions
-                .iter()
-                .map(|&at| entries_at(&self.out.records, at).len())
-                .sum();
-            self.last_round_accepts = total;
-            if self.members.len() > 1 {
-                // Usually one record: the peers get that very vector.
-                // Several (other records came between) are joined.
-                let entries = match positions.as_slice() {
-                    [one] => entries_at(&self.out.records, *one),
-                    several => {
-                        let mut joined = Vec::with_capacity(total);
-                        for &at in several {
-                            joined.extend(entries_at(&self.out.records, at).iter().cloned());
-                        }
-                        Arc::new(joined)
-                    }
-                };
-                self.broadcast_accepts(ballot, entries, None);
-            }
+            // Usually one record: the peers get that very vector. Several
+            // (other records came between) are joined into one copy.
+            let entries = match positions.as_slice() {
+                [one] => Arc::clone(entries_at(*one)),
+                several => Arc::new(
+                    several
+                        .iter()
+                        .flat_map(|&at| entries_at(at).iter().cloned())
+                        .collect(),
+                ),
+            };
+            self.last_round_accepts = entries.len();
+            self.broadcast_accepts(ballot, entries, None);
             positions.clear();
             self.round_accepts = positions;
         }
@@ -868,6 +862,14 @@ impl Node {
         entries: AcceptEntries,
         only_to: Option<NodeId>,
     ) {
+        let targets: Vec<NodeId> = match only_to {
+            Some(to) => vec![to],
+            None => self.peers().collect(),
+        };
+        if targets.is_empty() {
+            // A group of one: nobody to ask.
+            return;
+        }
         let chosen_through = self.base - 1;
         // Split into runs of at most `batch_bytes_max` payload bytes (one
         // entry at least); one run is the batch itself, shared by every
@@ -887,10 +889,6 @@ impl Node {
         if start < entries.len() {
             chunks.push(start..entries.len());
         }
-        let targets: Vec<NodeId> = match only_to {
-            Some(to) => vec![to],
-            None => self.peers().collect(),
-        };
         let accept = |entries| Body::Accept {
             ballot,
             entries,
