@@ -73,6 +73,14 @@ struct StorageCall {
     marks_waiting: usize,
 }
 
+impl StorageCall {
+    /// An empty write that left no mark waiting: the flush of deferred
+    /// marks.
+    fn is_flush(&self) -> bool {
+        !self.deferred && self.records == 0 && self.marks_waiting == 0
+    }
+}
+
 /// A store the tests can break and watch: its writes fail (changing
 /// nothing, like a full disk) while the `faults` switch is on, and every
 /// write that reaches the inner store is logged in `calls`.
@@ -404,9 +412,7 @@ fn log_after_flush(
     let deadline = Instant::now() + WAIT;
     loop {
         let log = calls.lock().expect("log lock").clone();
-        let flushed = log
-            .last()
-            .is_some_and(|c| !c.deferred && c.records == 0 && c.marks_waiting == 0);
+        let flushed = log.last().is_some_and(StorageCall::is_flush);
         if flushed || Instant::now() > deadline {
             return log;
         }
@@ -438,15 +444,12 @@ fn deferred_chosen_marks_are_written_soon_after_the_node_goes_quiet() {
     );
     let last_call = log.last().expect("writes happened");
     assert!(
-        !last_call.deferred && last_call.records == 0 && last_call.marks_waiting == 0,
+        last_call.is_flush(),
         "the node went quiet with marks waiting and no flush: {log:?}"
     );
     // The pauses between proposals were quiet too: flushes came then, not
     // only at the end (three pauses of 100 ms against a 10 ms timer).
-    let flushes = log
-        .iter()
-        .filter(|c| !c.deferred && c.records == 0 && c.marks_waiting == 0)
-        .count();
+    let flushes = log.iter().filter(|c| c.is_flush()).count();
     assert!(flushes >= 2, "{flushes} flushes: {log:?}");
     assert_eq!(
         node.get(last).expect("get").and_then(|v| v.reqid()),
@@ -471,7 +474,7 @@ fn deferred_chosen_marks_are_written_while_reads_keep_coming() {
     });
     let last_call = log.last().expect("writes happened");
     assert!(
-        !last_call.deferred && last_call.records == 0 && last_call.marks_waiting == 0,
+        last_call.is_flush(),
         "marks still waiting while reads kept coming: {log:?}"
     );
     node.shutdown();
