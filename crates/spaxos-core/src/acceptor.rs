@@ -3,7 +3,7 @@
 //! `Ready::messages`, which leave only after that state is durable.
 
 use crate::message::{Body, PromiseEntry};
-use crate::node::{Node, RoleState};
+use crate::node::{AcceptedRun, Node, RoleState};
 use crate::ready::ReadRequest;
 use std::sync::Arc;
 
@@ -181,6 +181,23 @@ impl Node {
                 self.election_elapsed = 0;
             }
         }
+        if let Some(accepted) = self.accept_run(from, ballot, &entries) {
+            // As below when every entry is granted, without an instance per
+            // entry: the batch itself is kept.
+            self.out.records.push(Record::Accepted { ballot, entries });
+            self.send(
+                from,
+                Body::Accepted {
+                    ballot,
+                    indices: accepted,
+                },
+            );
+            if chosen_through > 0 {
+                self.learn_chosen_through(from, ballot, chosen_through);
+            }
+            return;
+        }
+        self.materialize_runs();
         let mut accepted = Vec::with_capacity(entries.len());
         let mut refused: Option<(Ballot, Index)> = None;
         let node_promise = self.state.promised;
@@ -248,6 +265,57 @@ impl Node {
         if chosen_through > 0 {
             self.learn_chosen_through(from, ballot, chosen_through);
         }
+    }
+
+    /// The steady state's accept: a follower gets the next consecutive
+    /// indices, past every index it holds, at a ballot no promise refuses.
+    /// Every entry is then granted, so the batch is kept as one
+    /// `AcceptedRun` instead of an instance per entry. Returns the indices
+    /// accepted, or `None` (nothing changed) when the general path must
+    /// decide.
+    fn accept_run(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        entries: &AcceptEntries,
+    ) -> Option<Vec<Index>> {
+        if !self.accept_runs || from == self.id || !matches!(self.role, RoleState::Follower) {
+            return None;
+        }
+        let first = entries.first()?.0;
+        let end = match self.runs.back() {
+            Some(run) => run.end_index(),
+            None => self.base + self.instances.len() as u64,
+        };
+        // Past every instance, hence no per-index promise: the node-wide
+        // one (already checked against `ballot`) is the one in force.
+        if first != end || first == 0 {
+            return None;
+        }
+        let last = first.checked_add(entries.len() as u64 - 1)?;
+        if last - self.base >= self.cfg.acceptor_window_max {
+            return None;
+        }
+        let mut accepted = Vec::with_capacity(entries.len());
+        for (index, _) in entries.iter() {
+            if *index != first + accepted.len() as u64 {
+                return None;
+            }
+            accepted.push(*index);
+        }
+        assert!(
+            ballot >= self.state.promised,
+            "accepted run below the node's promise"
+        );
+        self.runs.push_back(AcceptedRun {
+            ballot,
+            entries: Arc::clone(entries),
+            start: 0,
+            chosen: 0,
+            created_at: self.now,
+        });
+        self.max_index = self.max_index.max(last);
+        Some(accepted)
     }
 
     /// Steps down from leading or campaigning when a higher ballot is in play.

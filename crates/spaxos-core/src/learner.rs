@@ -3,6 +3,7 @@
 //! index order with duplicate suppression, outcomes and retirement.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rand::Rng;
 
@@ -80,14 +81,14 @@ impl Node {
         if chosen_through > self.known_chosen_through.0 {
             self.known_chosen_through = (chosen_through, from);
         }
-        if chosen_through < self.base || self.instances.is_empty() {
+        if chosen_through < self.base {
             return;
         }
-        let last = (chosen_through - self.base).min(self.instances.len() as u64 - 1) as usize;
         let base = self.base;
         let mut freed_proposers = 0;
         let mut marks = ChosenRuns::default();
-        for (offset, inst) in self.instances.iter_mut().enumerate().take(last + 1) {
+        let live = (chosen_through - base + 1).min(self.instances.len() as u64) as usize;
+        for (offset, inst) in self.instances.iter_mut().enumerate().take(live) {
             if !inst.chosen && inst.accepted == ballot && inst.value.is_some() {
                 // Our accepted value is the chosen one (see above).
                 let index = base + offset as u64;
@@ -97,12 +98,29 @@ impl Node {
                 marks.add(&mut self.out.records, index);
             }
         }
+        // Accepted runs follow the instances, in index order; every entry
+        // of a run was accepted at its ballot.
+        for run in self.runs.iter_mut() {
+            let first = run.first_index();
+            if chosen_through < first {
+                break;
+            }
+            if run.ballot != ballot {
+                continue;
+            }
+            let through = (chosen_through - first + 1).min(run.entries.len() as u64) as usize;
+            if through > run.chosen {
+                let (from, to) = (first + run.chosen as u64, first + through as u64 - 1);
+                marks.add_range(&mut self.out.records, from, to);
+                run.chosen = through;
+            }
+        }
         marks.flush(&mut self.out.records);
         self.leaderless_active -= freed_proposers;
     }
 
     /// Delivers every chosen index at the front, in order, and retires it
-    /// from memory.
+    /// from memory: the instances first, then the accepted runs after them.
     pub(crate) fn advance_prefix(&mut self) {
         // Every delivered reqid is looked up in the dedup tables, which are
         // larger than the CPU cache: their slots are prefetched a fixed
@@ -114,70 +132,56 @@ impl Node {
                 .filter(|i| i.chosen)
                 .and_then(|i| i.value.as_ref().and_then(Value::reqid))
         };
+        let before = self.base;
         self.recent
             .warm((0..DEDUP_PREFETCH_AHEAD).filter_map(|at| reqid_at(&self.instances, at)));
-        let mut advanced = false;
         while self.instances.front().is_some_and(|i| i.chosen) {
             self.recent
                 .warm(reqid_at(&self.instances, DEDUP_PREFETCH_AHEAD).into_iter());
             let inst = self.instances.pop_front().expect("front checked");
-            let index = self.base;
-            self.base += 1;
-            advanced = true;
             if inst.proposer.is_some() {
                 self.leaderless_active -= 1;
             }
-            let raw = inst.value.expect("a chosen instance holds its value");
-            let raw_reqid = raw.reqid();
-            let mut value = raw;
-            if let Some(reqid) = raw_reqid {
-                // Followers usually have nothing pending: skip the lookups.
-                let mine = !self.pending.is_empty();
-                if let Some(first) = self.recent.insert(index, reqid) {
-                    // The same request reached the log twice (a retry across
-                    // a leader change). Every node decides this the same way
-                    // from the log alone, so all deliver a no-op here.
-                    self.duplicates_suppressed += 1;
-                    value = Value::Noop;
-                    self.out.records.push(Record::Instance(InstanceState {
-                        index,
-                        promised: inst.promised,
-                        accepted: inst.accepted,
-                        value: Some(Value::Noop),
-                        chosen: true,
-                    }));
-                    // Proposed again here after it was chosen: its outcome
-                    // is where it first went.
-                    if mine && self.pending.remove(&reqid).is_some() {
-                        self.out
-                            .outcomes
-                            .push((reqid, Outcome::Chosen { index: first }));
-                    }
-                } else if mine && self.pending.remove(&reqid).is_some() {
-                    self.out.outcomes.push((reqid, Outcome::Chosen { index }));
-                }
-                if let RoleState::Leader(l) = &mut self.role {
-                    if !l.assigned.is_empty() && l.assigned.get(&reqid) == Some(&index) {
-                        l.assigned.remove(&reqid);
-                    }
-                }
+            let value = inst.value.expect("a chosen instance holds its value");
+            self.deliver(inst.promised, inst.accepted, value, inst.origin_reqid);
+        }
+        // Accepted runs come after every instance.
+        while self.instances.is_empty() {
+            let Some(run) = self.runs.front() else {
+                break;
+            };
+            let (start, chosen, ballot) = (run.start, run.chosen, run.ballot);
+            if start == chosen {
+                break;
             }
-            if inst.origin_reqid != 0 && raw_reqid != Some(inst.origin_reqid) {
-                self.lost(inst.origin_reqid, index);
+            let entries = Arc::clone(&run.entries);
+            let reqid_at = |position: usize| {
+                (position < chosen)
+                    .then(|| entries[position].1.reqid())
+                    .flatten()
+            };
+            self.recent
+                .warm((start..start + DEDUP_PREFETCH_AHEAD).filter_map(reqid_at));
+            for position in start..chosen {
+                self.recent
+                    .warm(reqid_at(position + DEDUP_PREFETCH_AHEAD).into_iter());
+                let (index, value) = &entries[position];
+                assert_eq!(*index, self.base, "an accepted run skipped an index");
+                // Deliveries from a run touch neither instances nor runs:
+                // no entry of a run has an origin here (see `accept_run`).
+                self.deliver(ballot, ballot, value.clone(), 0);
             }
-            if !self.extra_origins.is_empty() {
-                for reqid in self.extra_origins.remove(&index).unwrap_or_default() {
-                    if raw_reqid != Some(reqid) {
-                        self.lost(reqid, index);
-                    }
-                }
+            if chosen == entries.len() {
+                self.runs.pop_front();
+            } else {
+                self.runs[0].start = chosen;
+                break;
             }
-            self.out.chosen.push(ChosenItem { index, value });
         }
         if self.max_index < self.base - 1 {
             self.max_index = self.base - 1;
         }
-        if advanced {
+        if self.base > before {
             let base = self.base;
             if let RoleState::Leader(l) = &mut self.role {
                 // Catch-up may carry the prefix past what this leader assigned.
@@ -187,6 +191,59 @@ impl Node {
                 self.leader_drain_queue();
             }
         }
+    }
+
+    /// Delivers the chosen value `raw` at `base` (taken off the front):
+    /// duplicate suppression, outcomes, then `Ready::chosen`.
+    #[inline(always)]
+    fn deliver(&mut self, promised: Ballot, accepted: Ballot, raw: Value, origin_reqid: ReqId) {
+        let index = self.base;
+        self.base += 1;
+        let raw_reqid = raw.reqid();
+        let mut value = raw;
+        if let Some(reqid) = raw_reqid {
+            // Followers usually have nothing pending: skip the lookups.
+            let mine = !self.pending.is_empty();
+            if let Some(first) = self.recent.insert(index, reqid) {
+                // The same request reached the log twice (a retry across
+                // a leader change). Every node decides this the same way
+                // from the log alone, so all deliver a no-op here.
+                self.duplicates_suppressed += 1;
+                value = Value::Noop;
+                self.out.records.push(Record::Instance(InstanceState {
+                    index,
+                    promised,
+                    accepted,
+                    value: Some(Value::Noop),
+                    chosen: true,
+                }));
+                // Proposed again here after it was chosen: its outcome
+                // is where it first went.
+                if mine && self.pending.remove(&reqid).is_some() {
+                    self.out
+                        .outcomes
+                        .push((reqid, Outcome::Chosen { index: first }));
+                }
+            } else if mine && self.pending.remove(&reqid).is_some() {
+                self.out.outcomes.push((reqid, Outcome::Chosen { index }));
+            }
+            if let RoleState::Leader(l) = &mut self.role {
+                if !l.assigned.is_empty() && l.assigned.get(&reqid) == Some(&index) {
+                    l.assigned.remove(&reqid);
+                }
+            }
+        }
+        if origin_reqid != 0 && raw_reqid != Some(origin_reqid) {
+            self.lost(origin_reqid, index);
+        }
+        if !self.extra_origins.is_empty() {
+            for reqid in self.extra_origins.remove(&index).unwrap_or_default() {
+                if raw_reqid != Some(reqid) {
+                    self.lost(reqid, index);
+                }
+            }
+        }
+        self.out.chosen.push(ChosenItem { index, value });
     }
 
     /// Another value was chosen at `index`, where the proposal `reqid` was

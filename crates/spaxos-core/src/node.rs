@@ -133,6 +133,47 @@ impl Instance {
     }
 }
 
+/// A follower's batch of accepted entries kept as the leader sent it, in
+/// place of one `Instance` per entry: the steady state's hot path (see
+/// `Node::accept_run`). Equivalent to the instances it stands for, which
+/// `Node::materialize_runs` creates before anything else reads them.
+#[derive(Debug)]
+pub(crate) struct AcceptedRun {
+    /// Promised and accepted at every entry.
+    pub ballot: Ballot,
+    /// Consecutive indices, in order.
+    pub entries: AcceptEntries,
+    /// Entries before this position are delivered.
+    pub start: usize,
+    /// Entries before this position are chosen (`start <= chosen`).
+    pub chosen: usize,
+    /// The tick the entries arrived (an instance's `created_at`).
+    pub created_at: u64,
+}
+
+impl AcceptedRun {
+    pub fn first_index(&self) -> Index {
+        self.entries[0].0
+    }
+
+    /// One past the last index.
+    pub fn end_index(&self) -> Index {
+        self.first_index() + self.entries.len() as u64
+    }
+
+    /// The instance the entry at `position` stands for.
+    pub fn instance(&self, position: usize) -> Instance {
+        Instance {
+            promised: self.ballot,
+            accepted: self.ballot,
+            value: Some(self.entries[position].1.clone()),
+            chosen: position < self.chosen,
+            created_at: self.created_at,
+            ..Instance::default()
+        }
+    }
+}
+
 /// Chosen marks met in increasing index order, written as runs: one
 /// record per run instead of a look at the last record per index.
 #[derive(Default)]
@@ -152,6 +193,17 @@ impl ChosenRuns {
     }
 
     /// Writes the run in progress (call before anything else is recorded).
+    /// `add` for each of `first..=last`.
+    pub fn add_range(&mut self, records: &mut Vec<Record>, first: Index, last: Index) {
+        match &mut self.run {
+            Some((_, end)) if end.checked_add(1) == Some(first) => *end = last,
+            _ => {
+                self.flush(records);
+                self.run = Some((first, last));
+            }
+        }
+    }
+
     pub fn flush(&mut self, records: &mut Vec<Record>) {
         if let Some((first, last)) = self.run.take() {
             Record::push_chosen_run(records, first, last);
@@ -240,6 +292,11 @@ pub struct Node {
     /// First index held in `instances`; every index below is chosen and delivered.
     pub(crate) base: Index,
     pub(crate) instances: VecDeque<Instance>,
+    /// Accepted entries past the last instance, batch by batch (empty
+    /// unless this node follows; see `AcceptedRun`).
+    pub(crate) runs: VecDeque<AcceptedRun>,
+    /// False only in tests that check runs against plain instances.
+    pub(crate) accept_runs: bool,
     pub(crate) max_index: Index,
 
     /// reqid -> index of chosen entries within the dedup window.
@@ -309,6 +366,8 @@ impl Node {
             max_round_seen: recovered.node.max_round.max(recovered.node.promised.round),
             base,
             instances: VecDeque::new(),
+            runs: VecDeque::new(),
+            accept_runs: true,
             max_index: recovered.chosen_through,
             // The seed only spreads the table; answers never depend on it.
             recent: RecentReqids::new(cfg.dedup_window, cfg.rng_seed ^ cfg.id.rotate_left(32)),
@@ -394,6 +453,7 @@ impl Node {
 
     /// Offers a proposal. Its outcome arrives later in [`Ready::outcomes`].
     pub fn propose(&mut self, value: Value) -> Result<(), ProposeError> {
+        self.materialize_runs();
         let reqid = match value.reqid() {
             None => return Err(ProposeError::Noop),
             Some(0) => return Err(ProposeError::ZeroReqId),
@@ -445,6 +505,10 @@ impl Node {
             return;
         }
         let from = msg.from;
+        // Only an accept reads or extends accepted runs as they are.
+        if !matches!(msg.body, Body::Accept { .. }) {
+            self.materialize_runs();
+        }
         match msg.body {
             Body::Prepare { ballot, index } => {
                 self.see_ballot(ballot);
@@ -510,6 +574,7 @@ impl Node {
 
     /// Advances logical time by one tick: timeouts, heartbeats, retries.
     pub fn tick(&mut self) {
+        self.materialize_runs();
         self.now += 1;
         match self.role {
             RoleState::Leader(_) => self.leader_tick(),
@@ -581,7 +646,12 @@ impl Node {
             chosen_through: self.base - 1,
             max_index: self.max_index,
             pending: self.pending.len(),
-            instances: self.instances.len(),
+            instances: self.instances.len()
+                + self
+                    .runs
+                    .iter()
+                    .map(|r| r.entries.len() - r.start)
+                    .sum::<usize>(),
             duplicates_suppressed: self.duplicates_suppressed,
             catchup_compacted_below: self.catchup_compacted_below,
         }
@@ -613,9 +683,28 @@ impl Node {
         self.state
     }
 
+    /// Turns the steady state's accepted runs (see the crate's
+    /// ARCHITECTURE notes) off or on. Only for tests that check a node
+    /// with runs against one that keeps an instance per index; the
+    /// observable behaviour is the same either way.
+    #[doc(hidden)]
+    pub fn set_accept_runs(&mut self, enabled: bool) {
+        self.materialize_runs();
+        self.accept_runs = enabled;
+    }
+
     /// The acceptor state of a live index (for tests and checkers).
     pub fn instance_state(&self, index: Index) -> Option<InstanceState> {
-        self.instance(index).map(|inst| InstanceState {
+        let in_run = self
+            .runs
+            .iter()
+            .find(|r| (r.first_index() + r.start as u64..r.end_index()).contains(&index))
+            .map(|r| r.instance((index - r.first_index()) as usize));
+        // Read without `instance`, which insists that runs are materialized.
+        let live = index
+            .checked_sub(self.base)
+            .and_then(|offset| self.instances.get(offset as usize));
+        in_run.as_ref().or(live).map(|inst| InstanceState {
             index,
             promised: inst.promised,
             accepted: inst.accepted,
@@ -660,7 +749,27 @@ impl Node {
         Ballot::new(round, self.id)
     }
 
+    /// Turns accepted runs into the instances they stand for. Everything
+    /// but an accept's fast path and delivery reads `instances` only, so
+    /// each entry point that may do so calls this first.
+    pub(crate) fn materialize_runs(&mut self) {
+        if self.runs.is_empty() {
+            return;
+        }
+        for run in std::mem::take(&mut self.runs) {
+            for position in run.start..run.entries.len() {
+                assert_eq!(
+                    run.entries[position].0,
+                    self.base + self.instances.len() as u64,
+                    "accepted runs must continue the instances"
+                );
+                self.instances.push_back(run.instance(position));
+            }
+        }
+    }
+
     pub(crate) fn instance(&self, index: Index) -> Option<&Instance> {
+        assert!(self.runs.is_empty(), "instance read with runs outstanding");
         if index < self.base {
             return None;
         }
@@ -668,6 +777,7 @@ impl Node {
     }
 
     pub(crate) fn instance_mut(&mut self, index: Index) -> Option<&mut Instance> {
+        assert!(self.runs.is_empty(), "instance read with runs outstanding");
         if index < self.base {
             return None;
         }
@@ -684,6 +794,7 @@ impl Node {
     }
 
     pub(crate) fn instance_mut_force(&mut self, index: Index) -> &mut Instance {
+        assert!(self.runs.is_empty(), "instance read with runs outstanding");
         assert!(
             index >= self.base,
             "instance {index} below base {}",
