@@ -683,8 +683,8 @@ impl Node {
         self.state
     }
 
-    /// Turns the steady state's accepted runs (see the crate's
-    /// ARCHITECTURE notes) off or on. Only for tests that check a node
+    /// Turns the steady state's accepted runs (`AcceptedRun`, see
+    /// docs/ARCHITECTURE.md) off or on. Only for tests that check a node
     /// with runs against one that keeps an instance per index; the
     /// observable behaviour is the same either way.
     #[doc(hidden)]
@@ -752,10 +752,15 @@ impl Node {
     /// Turns accepted runs into the instances they stand for. Everything
     /// but an accept's fast path and delivery reads `instances` only, so
     /// each entry point that may do so calls this first.
+    #[inline]
     pub(crate) fn materialize_runs(&mut self) {
-        if self.runs.is_empty() {
-            return;
+        if !self.runs.is_empty() {
+            self.materialize_runs_now();
         }
+    }
+
+    #[cold]
+    fn materialize_runs_now(&mut self) {
         for run in std::mem::take(&mut self.runs) {
             for position in run.start..run.entries.len() {
                 assert_eq!(
@@ -793,6 +798,7 @@ impl Node {
         Some(self.instance_mut_force(index))
     }
 
+    #[inline]
     pub(crate) fn instance_mut_force(&mut self, index: Index) -> &mut Instance {
         assert!(self.runs.is_empty(), "instance read with runs outstanding");
         assert!(
