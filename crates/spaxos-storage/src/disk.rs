@@ -142,6 +142,8 @@ pub struct DiskStorage {
     failed: Option<String>,
     /// Batch frame bytes appended since open (for benchmarks and metrics).
     bytes_written: u64,
+    /// Batch frames synced since open (for metrics, `Storage::syncs`).
+    syncs: u64,
     /// Chosen marks taken by `write_deferred`: already in `state` (reads
     /// see them), and written at the front of the next `write`'s batch
     /// frame, so they reach the disk only inside a synced frame (never as
@@ -202,6 +204,7 @@ impl DiskStorage {
             record_frames: Vec::new(),
             failed: None,
             bytes_written: 0,
+            syncs: 0,
             deferred: Vec::new(),
         };
         let mut previous: Option<(PathBuf, u64)> = None;
@@ -683,6 +686,7 @@ impl DiskStorage {
         self.active_offset += frame_len;
         self.next_batch_seq = self.next_batch_seq.wrapping_add(1);
         self.bytes_written += frame_len;
+        self.syncs += 1;
         Ok(())
     }
 }
@@ -736,6 +740,10 @@ impl Storage for DiskStorage {
 
     fn deferred_marks(&self) -> usize {
         self.deferred.len()
+    }
+
+    fn syncs(&self) -> Option<u64> {
+        Some(self.syncs)
     }
 
     fn recover(&self, dedup_window: u64) -> Result<RecoveredState, StorageError> {

@@ -81,6 +81,15 @@ pub trait Storage: Send {
         0
     }
 
+    /// How many times this store has synced a write to disk (one
+    /// `fdatasync` per batch) since it was opened, for metrics; `None` for
+    /// a store that does not count them. A write with nothing new to store
+    /// (every record at or below the compaction point, or an empty one with
+    /// no deferred marks) makes no sync.
+    fn syncs(&self) -> Option<u64> {
+        None
+    }
+
     /// The state as of the last successful write. `chosen_through` is the
     /// largest k such that every index in (compacted_through, k] is chosen
     /// (k >= compacted_through); `instances` holds every index above

@@ -473,3 +473,39 @@ fn deferred_marks_survive_a_refused_write_and_compaction() {
     assert_eq!(store.chosen(4).unwrap(), Some(value(4, 40)));
     assert_eq!(store.chosen(5).unwrap(), None);
 }
+
+/// `syncs` counts the writes that reached the disk with an fdatasync, so
+/// metrics can tell them from writes that cost none: deferred marks, an
+/// empty write with nothing waiting, records below the compaction point.
+#[test]
+fn syncs_count_only_writes_that_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), small_options());
+    assert_eq!(store.syncs(), Some(0));
+    let values: Vec<Record> = (1..=4).map(|i| accepted(i, 1, value(i, 40))).collect();
+    store.write(&values).unwrap();
+    assert_eq!(store.syncs(), Some(1));
+    store.write_deferred(&[Record::Chosen(1)]).unwrap();
+    assert_eq!(store.syncs(), Some(1), "a deferred mark synced");
+    store.write(&[]).unwrap();
+    assert_eq!(
+        store.syncs(),
+        Some(2),
+        "the write carrying the waiting mark did not sync"
+    );
+    store.write(&[]).unwrap();
+    assert_eq!(
+        store.syncs(),
+        Some(2),
+        "an empty write with nothing waiting synced"
+    );
+    store.write_deferred(&[Record::Chosen(2)]).unwrap();
+    store.compact(2).unwrap();
+    store.write(&[accepted(2, 1, value(2, 40))]).unwrap();
+    assert_eq!(store.syncs(), Some(2), "records below the floor synced");
+    store.write(&[accepted(5, 1, value(5, 40))]).unwrap();
+    assert_eq!(store.syncs(), Some(3));
+    // A fresh handle counts from its own opening.
+    drop(store);
+    assert_eq!(open(dir.path(), small_options()).syncs(), Some(0));
+}

@@ -178,6 +178,7 @@ impl StorageThread {
                     && job.messages_after_write.is_empty()
                     && job.reads.is_empty()
             }) && records.iter().all(|r| r.chosen_indices().is_some());
+            let syncs_before = storage.syncs();
             let written = if deferrable {
                 storage.write_deferred(&records)
             } else {
@@ -190,14 +191,18 @@ impl StorageThread {
             }
             self.failed_writes_in_a_row = 0;
             let counters = &self.shared.counters;
-            // A store may write deferred marks at once (one without
-            // deferral, or past its cap): then they cost a sync.
-            let synced = !deferrable || storage.deferred_marks() == 0;
-            let writes = match synced {
-                true => &counters.storage_writes,
-                false => &counters.deferred_writes,
-            };
-            Counters::add(writes, 1);
+            match syncs_made(syncs_before, storage.as_ref()) {
+                // A store that counts its syncs says what the write cost.
+                Some(0) if deferrable => Counters::add(&counters.deferred_writes, 1),
+                Some(syncs) => Counters::add(&counters.storage_writes, syncs),
+                // Otherwise: a store may write deferred marks at once (one
+                // without deferral, or past its cap), and then they cost a
+                // sync; any other write is taken to cost one.
+                None => match !deferrable || storage.deferred_marks() == 0 {
+                    true => Counters::add(&counters.storage_writes, 1),
+                    false => Counters::add(&counters.deferred_writes, 1),
+                },
+            }
             let written = records.iter().map(Record::entries).sum::<usize>();
             Counters::add(&counters.records_written, written as u64);
         }
@@ -230,10 +235,12 @@ impl StorageThread {
         let Some(storage) = self.storage.as_mut() else {
             return;
         };
+        let syncs_before = storage.syncs();
         match storage.write(&[]) {
             Ok(()) => {
                 self.failed_writes_in_a_row = 0;
-                Counters::add(&self.shared.counters.storage_writes, 1);
+                let syncs = syncs_made(syncs_before, storage.as_ref()).unwrap_or(1);
+                Counters::add(&self.shared.counters.storage_writes, syncs);
             }
             // The marks were promised to nobody, but the store is broken
             // all the same: the next job would meet the same error.
@@ -359,4 +366,9 @@ impl StorageThread {
         self.shared.fail(reason.clone());
         let _ = self.events.send(StorageEvent::Failed { reason });
     }
+}
+
+/// Syncs `storage` made since it reported `before`, if it counts them.
+fn syncs_made(before: Option<u64>, storage: &dyn Storage) -> Option<u64> {
+    Some(storage.syncs()?.saturating_sub(before?))
 }
