@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::message::{Body, PromiseEntry};
-use crate::node::{Candidate, ChosenRuns, FastMap, Leader, Node, RoleState};
+use crate::node::{Candidate, ChosenRuns, FastMap, Leader, Node, OpenRun, RoleState};
 use crate::types::{Ballot, Index, NodeId, Outcome, Record, ReqId, Value};
 
 /// Marks a reqid waiting in the leader's queue in `Leader::assigned`.
@@ -156,6 +156,38 @@ impl Node {
         let now = self.now;
         // As `assigned_locally` records it: only within the acceptor window.
         let in_window = index.saturating_sub(self.base) < self.cfg.acceptor_window_max;
+        if origin != 0
+            && in_window
+            && self.accept_runs
+            && node_promise <= ballot
+            && self.runs.is_empty()
+            && index == self.leader_end()
+            && value.reqid() == Some(origin)
+        {
+            // The steady state: a local proposal at the next index. No
+            // instance: the round's record holds the value (`OpenRun`).
+            self.max_index = self.max_index.max(index);
+            let (position, offset) = self.push_round_accept(ballot, index, value);
+            match self.open_runs.last_mut() {
+                Some(open)
+                    if open.position == position
+                        && open.offset + open.count == offset
+                        && open.proposed_at == now =>
+                {
+                    open.count += 1
+                }
+                _ => self.open_runs.push(OpenRun {
+                    ballot,
+                    position,
+                    offset,
+                    count: 1,
+                    first: index,
+                    proposed_at: now,
+                }),
+            }
+            return true;
+        }
+        self.materialize_leader_runs();
         let inst = self.instance_mut_force(index);
         if inst.promised.max(node_promise) > ballot {
             self.step_down();
@@ -177,12 +209,35 @@ impl Node {
         if inst.proposer.take().is_some() {
             self.leaderless_active -= 1;
         }
+        self.push_round_accept(ballot, index, value);
+        true
+    }
+
+    /// One past the last index this leader holds: instances, then runs.
+    fn leader_end(&self) -> Index {
+        if let Some(open) = self.open_runs.last() {
+            return open.first + open.count as u64;
+        }
+        match self.leader_runs.back() {
+            Some(run) => run.end_index(),
+            None => self.base + self.instances.len() as u64,
+        }
+    }
+
+    /// Adds `(index, value)` to this round's accepts, which go to the peers
+    /// at `ready()`, and notes the local vote that follows once durable.
+    /// Returns where it went: the record's position in `out.records`, and
+    /// the entry's within the record.
+    fn push_round_accept(&mut self, ballot: Ballot, index: Index, value: Value) -> (usize, usize) {
+        self.self_accepted.push(index);
         // Consecutive accepts of this round share a record, which is also
         // what `flush_batches` sends the peers (the value moves in).
         let last = self.out.records.len().checked_sub(1);
         match (self.round_accepts.last(), self.out.records.last_mut()) {
             (Some(&ours), Some(Record::Accepted { entries, .. })) if Some(ours) == last => {
-                Arc::make_mut(entries).push((index, value));
+                let entries = Arc::make_mut(entries);
+                entries.push((index, value));
+                (ours, entries.len() - 1)
             }
             _ => {
                 // The round's first accept is sized like the last round's
@@ -195,15 +250,15 @@ impl Node {
                 };
                 let mut entries = Vec::with_capacity(capacity);
                 entries.push((index, value));
-                self.round_accepts.push(self.out.records.len());
+                let position = self.out.records.len();
+                self.round_accepts.push(position);
                 self.out.records.push(Record::Accepted {
                     ballot,
                     entries: Arc::new(entries),
                 });
+                (position, 0)
             }
         }
-        self.self_accepted.push(index);
-        true
     }
 
     /// A proposal reaches the leader (from this node or forwarded): it gets
@@ -264,6 +319,8 @@ impl Node {
     /// Gives a proposal the next index, unless this leader already placed
     /// its reqid or it was chosen recently (a retried forward).
     fn leader_assign(&mut self, value: Value, origin: NodeId) {
+        // Its bookkeeping reads instances (`assigned_locally`).
+        self.materialize_leader_runs();
         let Some(reqid) = value.reqid().filter(|&r| r != 0) else {
             return;
         };
@@ -455,13 +512,29 @@ impl Node {
     pub(crate) fn on_accepted(&mut self, from: NodeId, ballot: Ballot, indices: &[Index]) {
         let bit = self.bit(from);
         let quorum = self.quorum as u32;
+        let leading = matches!(&self.role, RoleState::Leader(l) if l.ballot == ballot);
+        // The leader's runs take acknowledgements of whole runs; anything
+        // else is counted on instances.
+        let (per_index, runs) = match leading {
+            true => match self.split_run_acks(indices) {
+                Some(split) => split,
+                None => {
+                    self.materialize_leader_runs();
+                    (indices.len(), 0..0)
+                }
+            },
+            false => {
+                self.materialize_leader_runs();
+                (indices.len(), 0..0)
+            }
+        };
         if let RoleState::Leader(l) = &mut self.role {
             if l.ballot == ballot {
                 l.heard |= bit;
                 let base = self.base;
                 let mut freed_proposers = 0;
                 let mut marks = ChosenRuns::default();
-                for &index in indices {
+                for &index in &indices[..per_index] {
                     if index < base {
                         continue;
                     }
@@ -480,6 +553,19 @@ impl Node {
                         marks.add(&mut self.out.records, index);
                     }
                 }
+                for run in self.leader_runs.range_mut(runs) {
+                    assert_eq!(run.ballot, ballot, "a leader run outlived its ballot");
+                    if run.chosen {
+                        continue;
+                    }
+                    run.votes |= bit;
+                    if run.votes.count_ones() >= quorum {
+                        // A quorum accepted every value of the run.
+                        run.chosen = true;
+                        let first = run.entries[run.start].0;
+                        marks.add_range(&mut self.out.records, first, run.end_index() - 1);
+                    }
+                }
                 marks.flush(&mut self.out.records);
                 self.leaderless_active -= freed_proposers;
                 return;
@@ -488,6 +574,39 @@ impl Node {
         for &index in indices {
             self.proposer_on_accepted(from, ballot, index);
         }
+    }
+
+    /// How an acknowledgement falls on the leader's runs: `(k, runs)` when
+    /// `indices[..k]` are all below the runs (instances, or delivered) and
+    /// `indices[k..]` are exactly the undelivered indices of the runs at
+    /// `runs`, in order; `None` otherwise (the runs must become instances).
+    fn split_run_acks(&self, indices: &[Index]) -> Option<(usize, std::ops::Range<usize>)> {
+        let below = self.base + self.instances.len() as u64;
+        let k = indices.partition_point(|&i| i < below);
+        if indices[..k].iter().any(|&i| i >= below) {
+            return None;
+        }
+        let rest = &indices[k..];
+        let Some(&first) = rest.first() else {
+            return Some((k, 0..0));
+        };
+        let from = self
+            .leader_runs
+            .iter()
+            .position(|r| r.entries[r.start].0 == first)?;
+        let mut at = 0;
+        for (offset, run) in self.leader_runs.iter().enumerate().skip(from) {
+            for (index, _) in &run.entries[run.start..run.end] {
+                if rest.get(at) != Some(index) {
+                    return None;
+                }
+                at += 1;
+            }
+            if at == rest.len() {
+                return Some((k, from..offset + 1));
+            }
+        }
+        None
     }
 
     pub(crate) fn on_reject(
@@ -513,6 +632,7 @@ impl Node {
     /// Back to follower; proposals this node queued as leader go back to the
     /// local queue (forwarded ones are dropped: their origins retry).
     pub(crate) fn step_down(&mut self) {
+        self.materialize_runs();
         match std::mem::replace(&mut self.role, RoleState::Follower) {
             RoleState::Leader(l) => {
                 for (value, origin) in l.queue {

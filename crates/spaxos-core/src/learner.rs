@@ -178,6 +178,34 @@ impl Node {
                 break;
             }
         }
+        // A leader's runs come after every instance (and it has no
+        // follower runs); each is chosen, and delivered, whole.
+        while self.instances.is_empty() && self.runs.is_empty() {
+            let Some(run) = self.leader_runs.front() else {
+                break;
+            };
+            if !run.chosen {
+                break;
+            }
+            let (start, end, ballot) = (run.start, run.end, run.ballot);
+            let entries = Arc::clone(&run.entries);
+            let reqid_at = |position: usize| {
+                (position < end)
+                    .then(|| entries[position].1.reqid())
+                    .flatten()
+            };
+            self.recent
+                .warm((start..start + DEDUP_PREFETCH_AHEAD).filter_map(reqid_at));
+            for position in start..end {
+                self.recent
+                    .warm(reqid_at(position + DEDUP_PREFETCH_AHEAD).into_iter());
+                let (index, value) = &entries[position];
+                assert_eq!(*index, self.base, "a leader run skipped an index");
+                // Its own proposal at its own index: no loss to report.
+                self.deliver(ballot, ballot, value.clone(), 0);
+            }
+            self.leader_runs.pop_front();
+        }
         if self.max_index < self.base - 1 {
             self.max_index = self.base - 1;
         }

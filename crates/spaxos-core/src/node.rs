@@ -174,6 +174,68 @@ impl AcceptedRun {
     }
 }
 
+/// The leader's accepts of one round at its ballot, kept as the round's
+/// record vector (the very entries its `Accept` messages carried) instead
+/// of an instance per index: positions `start..end` of `entries` (earlier
+/// positions belong to instances or are delivered). Every acknowledgement
+/// so far covered the whole run, so the votes are the run's. Equivalent to
+/// the instances it stands for, like `AcceptedRun`.
+#[derive(Debug)]
+pub(crate) struct LeaderRun {
+    pub ballot: Ballot,
+    pub entries: AcceptEntries,
+    /// The first position not delivered.
+    pub start: usize,
+    /// One past the run's last position.
+    pub end: usize,
+    /// Votes for `ballot` by member slot, for every entry of the run.
+    pub votes: u64,
+    pub chosen: bool,
+    /// The tick the entries were proposed (their instances' `proposed_at`
+    /// and `created_at`).
+    pub proposed_at: u64,
+}
+
+impl LeaderRun {
+    /// One past the run's last index.
+    pub fn end_index(&self) -> Index {
+        self.entries[self.end - 1].0 + 1
+    }
+
+    /// The instance the entry at `position` stands for: a local proposal
+    /// placed at the leader's ballot, its origin its own reqid.
+    pub fn instance(&self, position: usize) -> Instance {
+        let value = &self.entries[position].1;
+        Instance {
+            promised: self.ballot,
+            accepted: self.ballot,
+            value: Some(value.clone()),
+            chosen: self.chosen,
+            vote_ballot: self.ballot,
+            votes: self.votes,
+            proposed_at: self.proposed_at,
+            origin_reqid: value.reqid().unwrap_or(0),
+            created_at: self.proposed_at,
+            proposer: None,
+        }
+    }
+}
+
+/// Leader accepts of this round placed without instances, not yet sent:
+/// entries `offset..offset + count` of the `Record::Accepted` at
+/// `position` in `Node::out.records` (one per such record; several when
+/// other records came between). `flush_batches` makes each a `LeaderRun`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenRun {
+    pub ballot: Ballot,
+    pub position: usize,
+    pub offset: usize,
+    pub count: usize,
+    /// Its first index.
+    pub first: Index,
+    pub proposed_at: u64,
+}
+
 /// Chosen marks met in increasing index order, written as runs: one
 /// record per run instead of a look at the last record per index.
 #[derive(Default)]
@@ -295,6 +357,10 @@ pub struct Node {
     /// Accepted entries past the last instance, batch by batch (empty
     /// unless this node follows; see `AcceptedRun`).
     pub(crate) runs: VecDeque<AcceptedRun>,
+    /// The leader's accepts past the instances, round by round (empty
+    /// unless this node leads; see `LeaderRun`), and this round's.
+    pub(crate) leader_runs: VecDeque<LeaderRun>,
+    pub(crate) open_runs: Vec<OpenRun>,
     /// False only in tests that check runs against plain instances.
     pub(crate) accept_runs: bool,
     pub(crate) max_index: Index,
@@ -367,6 +433,8 @@ impl Node {
             base,
             instances: VecDeque::new(),
             runs: VecDeque::new(),
+            leader_runs: VecDeque::new(),
+            open_runs: Vec::new(),
             accept_runs: true,
             max_index: recovered.chosen_through,
             // The seed only spreads the table; answers never depend on it.
@@ -453,7 +521,8 @@ impl Node {
 
     /// Offers a proposal. Its outcome arrives later in [`Ready::outcomes`].
     pub fn propose(&mut self, value: Value) -> Result<(), ProposeError> {
-        self.materialize_runs();
+        // A leader's runs stay: its proposals extend them.
+        self.materialize_follower_runs();
         let reqid = match value.reqid() {
             None => return Err(ProposeError::Noop),
             Some(0) => return Err(ProposeError::ZeroReqId),
@@ -505,9 +574,12 @@ impl Node {
             return;
         }
         let from = msg.from;
-        // Only an accept reads or extends accepted runs as they are.
-        if !matches!(msg.body, Body::Accept { .. }) {
-            self.materialize_runs();
+        // Only an accept reads or extends a follower's runs as they are,
+        // and only an acknowledgement a leader's.
+        match msg.body {
+            Body::Accept { .. } => self.materialize_leader_runs(),
+            Body::Accepted { .. } => self.materialize_follower_runs(),
+            _ => self.materialize_runs(),
         }
         match msg.body {
             Body::Prepare { ballot, index } => {
@@ -651,7 +723,13 @@ impl Node {
                     .runs
                     .iter()
                     .map(|r| r.entries.len() - r.start)
-                    .sum::<usize>(),
+                    .sum::<usize>()
+                + self
+                    .leader_runs
+                    .iter()
+                    .map(|r| r.end - r.start)
+                    .sum::<usize>()
+                + self.open_runs.iter().map(|o| o.count).sum::<usize>(),
             duplicates_suppressed: self.duplicates_suppressed,
             catchup_compacted_below: self.catchup_compacted_below,
         }
@@ -699,7 +777,19 @@ impl Node {
             .runs
             .iter()
             .find(|r| (r.first_index() + r.start as u64..r.end_index()).contains(&index))
-            .map(|r| r.instance((index - r.first_index()) as usize));
+            .map(|r| r.instance((index - r.first_index()) as usize))
+            .or_else(|| {
+                self.leader_runs
+                    .iter()
+                    .find(|r| (r.entries[r.start].0..r.end_index()).contains(&index))
+                    .map(|r| r.instance(r.start + (index - r.entries[r.start].0) as usize))
+            })
+            .or_else(|| {
+                self.open_runs
+                    .iter()
+                    .find(|o| (o.first..o.first + o.count as u64).contains(&index))
+                    .map(|o| self.open_instance(o, (index - o.first) as usize))
+            });
         // Read without `instance`, which insists that runs are materialized.
         let live = index
             .checked_sub(self.base)
@@ -754,13 +844,77 @@ impl Node {
     /// each entry point that may do so calls this first.
     #[inline]
     pub(crate) fn materialize_runs(&mut self) {
+        self.materialize_follower_runs();
+        self.materialize_leader_runs();
+    }
+
+    #[inline]
+    pub(crate) fn materialize_follower_runs(&mut self) {
         if !self.runs.is_empty() {
-            self.materialize_runs_now();
+            self.materialize_follower_runs_now();
+        }
+    }
+
+    #[inline]
+    pub(crate) fn materialize_leader_runs(&mut self) {
+        if !self.leader_runs.is_empty() || !self.open_runs.is_empty() {
+            self.materialize_leader_runs_now();
         }
     }
 
     #[cold]
-    fn materialize_runs_now(&mut self) {
+    fn materialize_leader_runs_now(&mut self) {
+        for run in std::mem::take(&mut self.leader_runs) {
+            for position in run.start..run.end {
+                assert_eq!(
+                    run.entries[position].0,
+                    self.base + self.instances.len() as u64,
+                    "leader runs must continue the instances"
+                );
+                self.instances.push_back(run.instance(position));
+            }
+        }
+        for open in std::mem::take(&mut self.open_runs) {
+            for offset in 0..open.count {
+                let inst = self.open_instance(&open, offset);
+                assert_eq!(
+                    open.first + offset as u64,
+                    self.base + self.instances.len() as u64,
+                    "the open run must continue the instances"
+                );
+                self.instances.push_back(inst);
+            }
+        }
+    }
+
+    /// The instance the open run's entry `offset` stands for.
+    fn open_instance(&self, open: &OpenRun, offset: usize) -> Instance {
+        let Record::Accepted { ballot, entries } = &self.out.records[open.position] else {
+            panic!("the open run's record {} is not an accept", open.position);
+        };
+        assert_eq!(*ballot, open.ballot, "the open run's record changed ballot");
+        let (index, value) = &entries[open.offset + offset];
+        assert_eq!(
+            *index,
+            open.first + offset as u64,
+            "the open run skipped an index"
+        );
+        Instance {
+            promised: open.ballot,
+            accepted: open.ballot,
+            value: Some(value.clone()),
+            chosen: false,
+            vote_ballot: open.ballot,
+            votes: 0,
+            proposed_at: open.proposed_at,
+            origin_reqid: value.reqid().unwrap_or(0),
+            created_at: open.proposed_at,
+            proposer: None,
+        }
+    }
+
+    #[cold]
+    fn materialize_follower_runs_now(&mut self) {
         for run in std::mem::take(&mut self.runs) {
             for position in run.start..run.entries.len() {
                 assert_eq!(
@@ -773,8 +927,16 @@ impl Node {
         }
     }
 
+    #[inline]
+    fn assert_no_runs(&self) {
+        assert!(
+            self.runs.is_empty() && self.leader_runs.is_empty() && self.open_runs.is_empty(),
+            "instance read with runs outstanding"
+        );
+    }
+
     pub(crate) fn instance(&self, index: Index) -> Option<&Instance> {
-        assert!(self.runs.is_empty(), "instance read with runs outstanding");
+        self.assert_no_runs();
         if index < self.base {
             return None;
         }
@@ -782,7 +944,7 @@ impl Node {
     }
 
     pub(crate) fn instance_mut(&mut self, index: Index) -> Option<&mut Instance> {
-        assert!(self.runs.is_empty(), "instance read with runs outstanding");
+        self.assert_no_runs();
         if index < self.base {
             return None;
         }
@@ -800,7 +962,7 @@ impl Node {
 
     #[inline]
     pub(crate) fn instance_mut_force(&mut self, index: Index) -> &mut Instance {
-        assert!(self.runs.is_empty(), "instance read with runs outstanding");
+        self.assert_no_runs();
         assert!(
             index >= self.base,
             "instance {index} below base {}",
@@ -914,6 +1076,22 @@ impl Node {
     }
 
     fn flush_batches(&mut self) {
+        for open in std::mem::take(&mut self.open_runs) {
+            // Sent below: from now on their acknowledgements can come.
+            let Record::Accepted { ballot, entries } = &self.out.records[open.position] else {
+                panic!("the open run's record {} is not an accept", open.position);
+            };
+            assert_eq!(*ballot, open.ballot, "the open run's record changed ballot");
+            self.leader_runs.push_back(LeaderRun {
+                ballot: open.ballot,
+                entries: Arc::clone(entries),
+                start: open.offset,
+                end: open.offset + open.count,
+                votes: 0,
+                chosen: false,
+                proposed_at: open.proposed_at,
+            });
+        }
         if !self.round_accepts.is_empty() {
             // `step_down` empties the positions, so this node still leads.
             let RoleState::Leader(l) = &self.role else {

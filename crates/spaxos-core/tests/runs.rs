@@ -275,3 +275,311 @@ fn consecutive_accepts_become_runs_and_read_back_the_same() {
         );
     }
 }
+
+/// Inputs to a leader (node 1 of 1, 2, 3).
+#[derive(Clone, Debug)]
+enum LeaderInput {
+    /// Local proposals, one batch.
+    Propose(Vec<u64>),
+    /// Peer 2 or 3 acknowledges the `sent`-th accept it was sent (modulo
+    /// how many were), whole or in part, at the leader's ballot or another.
+    Ack {
+        peer: u64,
+        sent: usize,
+        part: AckPart,
+        stale: bool,
+    },
+    /// The leader's own votes, released after its writes are durable.
+    OwnVotes,
+    /// Peer 2 forwards a proposal.
+    Forward(u64),
+    /// Peer 3 refuses with a higher promise.
+    Reject(u64),
+    /// Peer 3 campaigns.
+    PrepareRange(u64),
+    /// Peer 3, leading at a higher round, sends accepts of its own values
+    /// (say after winning without this node) and what it has chosen.
+    Usurp {
+        round: u64,
+        first: Index,
+        len: u64,
+        chosen_through: Index,
+    },
+    Ticks(u32),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum AckPart {
+    Whole,
+    First,
+    Last,
+    AllButFirst,
+    Reversed,
+}
+
+fn leader_input() -> impl Strategy<Value = LeaderInput> {
+    let part = prop_oneof![
+        8 => Just(AckPart::Whole),
+        1 => Just(AckPart::First),
+        1 => Just(AckPart::Last),
+        1 => Just(AckPart::AllButFirst),
+        1 => Just(AckPart::Reversed),
+    ];
+    prop_oneof![
+        10 => prop::collection::vec(1u64..60, 1..6).prop_map(LeaderInput::Propose),
+        10 => (prop_oneof![Just(2u64), Just(3u64)], 0usize..64, part, prop::bool::weighted(0.05))
+            .prop_map(|(peer, sent, part, stale)| LeaderInput::Ack { peer, sent, part, stale }),
+        6 => Just(LeaderInput::OwnVotes),
+        1 => (1u64..40).prop_map(LeaderInput::Forward),
+        1 => (5u64..9).prop_map(LeaderInput::Reject),
+        1 => (5u64..9).prop_map(LeaderInput::PrepareRange),
+        1 => (5u64..9, 1u64..30, 1u64..6, 0u64..30).prop_map(|(round, first, len, chosen_through)| {
+            LeaderInput::Usurp { round, first, len, chosen_through }
+        }),
+        2 => prop_oneof![1u32..3, 4u32..12].prop_map(LeaderInput::Ticks),
+    ]
+}
+
+fn leader_cfg() -> CoreConfig {
+    let mut c = cfg(1);
+    // Retries and the quorum check come within a test's ticks.
+    c.accept_retry_ticks = 3;
+    c.election_timeout_ticks = 20;
+    c
+}
+
+/// Feeds `inputs` to a leader with runs and to one without, driving both
+/// with what the first one sends, and compares everything observable after
+/// each input.
+fn compare_leaders(inputs: Vec<LeaderInput>) -> Result<(), TestCaseError> {
+    compare_leaders_flushing(inputs.into_iter().map(|input| (input, true)).collect())
+}
+
+/// `compare_leaders`, taking the leaders' output only after the inputs
+/// marked `true` (in between, the round goes on: proposals not yet sent
+/// meet other inputs).
+fn compare_leaders_flushing(inputs: Vec<(LeaderInput, bool)>) -> Result<(), TestCaseError> {
+    let mut with_runs = Node::new(leader_cfg()).unwrap();
+    let mut without = Node::new(leader_cfg()).unwrap();
+    without.set_accept_runs(false);
+    let ballot = elect(&mut with_runs, 2);
+    prop_assert_eq!(elect(&mut without, 2), ballot);
+    // Accepts sent to each peer, and the leader's own votes not yet given.
+    let mut sent: Vec<(u64, Vec<Index>)> = Vec::new();
+    let mut own_votes: Vec<Message> = Vec::new();
+    for (step, (input, flush)) in inputs.into_iter().enumerate() {
+        let messages: Vec<Message> = match &input {
+            LeaderInput::Propose(_) | LeaderInput::Ticks(_) => Vec::new(),
+            LeaderInput::Usurp {
+                round,
+                first,
+                len,
+                chosen_through,
+            } => {
+                let entries: Vec<(Index, Value)> = (*first..first + len)
+                    .map(|i| (i, one(1000 + i, "u")))
+                    .collect();
+                vec![msg(
+                    3,
+                    1,
+                    Body::Accept {
+                        ballot: b(*round, 3),
+                        entries: entries.into(),
+                        chosen_through: *chosen_through,
+                    },
+                )]
+            }
+            LeaderInput::Ack {
+                peer,
+                sent: which,
+                part,
+                stale,
+            } => {
+                let to_peer: Vec<&Vec<Index>> = sent
+                    .iter()
+                    .filter(|(to, _)| to == peer)
+                    .map(|(_, indices)| indices)
+                    .collect();
+                if to_peer.is_empty() {
+                    Vec::new()
+                } else {
+                    let all = to_peer[which % to_peer.len()];
+                    let indices: Vec<Index> = match part {
+                        AckPart::Whole => all.clone(),
+                        AckPart::First => all[..1].to_vec(),
+                        AckPart::Last => all[all.len() - 1..].to_vec(),
+                        AckPart::AllButFirst => all[1..].to_vec(),
+                        AckPart::Reversed => all.iter().rev().copied().collect(),
+                    };
+                    let ballot = if *stale {
+                        b(ballot.round + 1, 3)
+                    } else {
+                        ballot
+                    };
+                    vec![msg(*peer, 1, Body::Accepted { ballot, indices })]
+                }
+            }
+            LeaderInput::OwnVotes => std::mem::take(&mut own_votes),
+            LeaderInput::Forward(reqid) => vec![msg(
+                2,
+                1,
+                Body::Forward {
+                    values: vec![one(*reqid, "f")],
+                },
+            )],
+            LeaderInput::Reject(round) => vec![msg(
+                3,
+                1,
+                Body::Reject {
+                    ballot,
+                    promised: b(*round, 3),
+                    index: 0,
+                },
+            )],
+            LeaderInput::PrepareRange(round) => vec![msg(
+                3,
+                1,
+                Body::PrepareRange {
+                    ballot: b(*round, 3),
+                    from_index: 1,
+                },
+            )],
+        };
+        for node in [&mut with_runs, &mut without] {
+            match &input {
+                LeaderInput::Propose(reqids) => {
+                    let _ = node.propose_batch(reqids.iter().map(|&r| one(r, "p")).collect());
+                }
+                LeaderInput::Ticks(n) => (0..*n).for_each(|_| node.tick()),
+                _ => messages.iter().for_each(|m| node.step(m.clone())),
+            }
+        }
+        prop_assert_eq!(
+            with_runs.status(),
+            without.status(),
+            "status after input {}",
+            step
+        );
+        for index in 0..48 {
+            prop_assert_eq!(
+                with_runs.instance_state(index),
+                without.instance_state(index),
+                "instance {} after input {}",
+                index,
+                step
+            );
+        }
+        for reqid in 1..60 {
+            prop_assert_eq!(
+                with_runs.pending_proposal(reqid),
+                without.pending_proposal(reqid),
+                "proposal {} after input {}",
+                reqid,
+                step
+            );
+        }
+        if !flush {
+            continue;
+        }
+        let (records_a, a) = output(&mut with_runs);
+        let (records_b, b) = output(&mut without);
+        prop_assert_eq!(records_a, records_b, "records after input {}", step);
+        prop_assert_eq!(&a.messages, &b.messages, "messages after input {}", step);
+        prop_assert_eq!(
+            &a.messages_now,
+            &b.messages_now,
+            "messages_now after input {}",
+            step
+        );
+        prop_assert_eq!(&a.chosen, &b.chosen, "chosen after input {}", step);
+        prop_assert_eq!(&a.outcomes, &b.outcomes, "outcomes after input {}", step);
+        prop_assert_eq!(&a.reads, &b.reads, "reads after input {}", step);
+        for m in a.messages.iter().chain(&a.messages_now) {
+            match &m.body {
+                Body::Accept { entries, .. } if m.to != 1 => {
+                    sent.push((m.to, entries.iter().map(|(i, _)| *i).collect()))
+                }
+                Body::Accepted { .. } if m.to == 1 => own_votes.push(m.clone()),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    #[test]
+    fn a_leader_with_runs_behaves_as_one_without(
+        inputs in prop::collection::vec((leader_input(), prop::bool::weighted(0.7)), 1..80)
+    ) {
+        compare_leaders_flushing(inputs)?;
+    }
+}
+
+/// The leader's steady state: a round of proposals, its own votes and one
+/// peer's acknowledgement choose the whole round.
+#[test]
+fn a_leader_round_is_chosen_by_whole_acknowledgements() {
+    let mut inputs = vec![LeaderInput::Propose((1..=5).collect())];
+    inputs.extend([
+        LeaderInput::OwnVotes,
+        LeaderInput::Ack {
+            peer: 2,
+            sent: 0,
+            part: AckPart::Whole,
+            stale: false,
+        },
+    ]);
+    inputs.push(LeaderInput::Propose((6..=8).collect()));
+    inputs.extend([
+        LeaderInput::Ack {
+            peer: 3,
+            sent: 1,
+            part: AckPart::Whole,
+            stale: false,
+        },
+        LeaderInput::OwnVotes,
+        LeaderInput::Ticks(5),
+    ]);
+    compare_leaders(inputs).unwrap();
+}
+
+/// A leader's run stands for instances that remember their proposals'
+/// origin: when another leader's values are chosen there instead, the
+/// proposals are tried again.
+#[test]
+fn a_usurped_leader_run_retries_its_proposals() {
+    compare_leaders(vec![
+        LeaderInput::Propose(vec![1, 2, 3]),
+        LeaderInput::Usurp {
+            round: 6,
+            first: 1,
+            len: 3,
+            chosen_through: 3,
+        },
+        LeaderInput::Ticks(10),
+    ])
+    .unwrap();
+}
+
+/// Proposals of a round not yet sent become instances when another input
+/// comes first, and keep their origin.
+#[test]
+fn a_leader_round_meets_a_usurper_before_it_is_sent() {
+    compare_leaders_flushing(vec![
+        (LeaderInput::Propose(vec![1, 2, 3]), false),
+        (
+            LeaderInput::Usurp {
+                round: 6,
+                first: 1,
+                len: 3,
+                chosen_through: 3,
+            },
+            true,
+        ),
+        (LeaderInput::Ticks(10), true),
+    ])
+    .unwrap();
+}
