@@ -761,10 +761,10 @@ impl Node {
         self.state
     }
 
-    /// Turns the steady state's accepted runs (`AcceptedRun`, see
-    /// docs/ARCHITECTURE.md) off or on. Only for tests that check a node
-    /// with runs against one that keeps an instance per index; the
-    /// observable behaviour is the same either way.
+    /// Turns the steady state's runs (a follower's `AcceptedRun`s, a
+    /// leader's `LeaderRun`s; see docs/ARCHITECTURE.md) off or on. Only for
+    /// tests that check a node with runs against one that keeps an
+    /// instance per index; the observable behaviour is the same either way.
     #[doc(hidden)]
     pub fn set_accept_runs(&mut self, enabled: bool) {
         self.materialize_runs();
