@@ -515,19 +515,11 @@ impl Node {
         let leading = matches!(&self.role, RoleState::Leader(l) if l.ballot == ballot);
         // The leader's runs take acknowledgements of whole runs; anything
         // else is counted on instances.
-        let (per_index, runs) = match leading {
-            true => match self.split_run_acks(indices) {
-                Some(split) => split,
-                None => {
-                    self.materialize_leader_runs();
-                    (indices.len(), 0..0)
-                }
-            },
-            false => {
-                self.materialize_leader_runs();
-                (indices.len(), 0..0)
-            }
-        };
+        let split = leading.then(|| self.split_run_acks(indices)).flatten();
+        let (per_index, runs) = split.unwrap_or_else(|| {
+            self.materialize_leader_runs();
+            (indices.len(), 0..0)
+        });
         if let RoleState::Leader(l) = &mut self.role {
             if l.ballot == ballot {
                 l.heard |= bit;

@@ -11,7 +11,7 @@ use crate::message::Body;
 use crate::node::{ChosenRuns, Instance, Node, RoleState};
 use crate::ready::ReadRequest;
 use crate::types::{
-    Ballot, ChosenItem, Index, InstanceState, NodeId, Outcome, Record, ReqId, Value,
+    AcceptEntries, Ballot, ChosenItem, Index, InstanceState, NodeId, Outcome, Record, ReqId, Value,
 };
 
 /// How many entries ahead `advance_prefix` prefetches dedup slots.
@@ -155,22 +155,8 @@ impl Node {
                 break;
             }
             let entries = Arc::clone(&run.entries);
-            let reqid_at = |position: usize| {
-                (position < chosen)
-                    .then(|| entries[position].1.reqid())
-                    .flatten()
-            };
-            self.recent
-                .warm((start..start + DEDUP_PREFETCH_AHEAD).filter_map(reqid_at));
-            for position in start..chosen {
-                self.recent
-                    .warm(reqid_at(position + DEDUP_PREFETCH_AHEAD).into_iter());
-                let (index, value) = &entries[position];
-                assert_eq!(*index, self.base, "an accepted run skipped an index");
-                // Deliveries from a run touch neither instances nor runs:
-                // no entry of a run has an origin here (see `accept_run`).
-                self.deliver(ballot, ballot, value.clone(), 0);
-            }
+            // No entry of a run has an origin here (see `accept_run`).
+            self.deliver_entries(&entries, start..chosen, ballot);
             if chosen == entries.len() {
                 self.runs.pop_front();
             } else {
@@ -187,23 +173,10 @@ impl Node {
             if !run.chosen {
                 break;
             }
-            let (start, end, ballot) = (run.start, run.end, run.ballot);
+            let (positions, ballot) = (run.start..run.end, run.ballot);
             let entries = Arc::clone(&run.entries);
-            let reqid_at = |position: usize| {
-                (position < end)
-                    .then(|| entries[position].1.reqid())
-                    .flatten()
-            };
-            self.recent
-                .warm((start..start + DEDUP_PREFETCH_AHEAD).filter_map(reqid_at));
-            for position in start..end {
-                self.recent
-                    .warm(reqid_at(position + DEDUP_PREFETCH_AHEAD).into_iter());
-                let (index, value) = &entries[position];
-                assert_eq!(*index, self.base, "a leader run skipped an index");
-                // Its own proposal at its own index: no loss to report.
-                self.deliver(ballot, ballot, value.clone(), 0);
-            }
+            // Its own proposals at their own indices: no loss to report.
+            self.deliver_entries(&entries, positions, ballot);
             self.leader_runs.pop_front();
         }
         if self.max_index < self.base - 1 {
@@ -218,6 +191,32 @@ impl Node {
             if self.is_leader() {
                 self.leader_drain_queue();
             }
+        }
+    }
+
+    /// Delivers `entries[positions]`, chosen at `ballot`, from `base` on,
+    /// prefetching dedup slots ahead. Touches neither instances nor runs:
+    /// no entry has an origin to report lost.
+    fn deliver_entries(
+        &mut self,
+        entries: &AcceptEntries,
+        positions: std::ops::Range<usize>,
+        ballot: Ballot,
+    ) {
+        let end = positions.end;
+        let reqid_at = |position: usize| {
+            (position < end)
+                .then(|| entries[position].1.reqid())
+                .flatten()
+        };
+        self.recent
+            .warm((positions.start..positions.start + DEDUP_PREFETCH_AHEAD).filter_map(reqid_at));
+        for position in positions {
+            self.recent
+                .warm(reqid_at(position + DEDUP_PREFETCH_AHEAD).into_iter());
+            let (index, value) = &entries[position];
+            assert_eq!(*index, self.base, "a run skipped an index");
+            self.deliver(ballot, ballot, value.clone(), 0);
         }
     }
 
