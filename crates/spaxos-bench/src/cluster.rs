@@ -298,10 +298,28 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
     // queues filled) to the end of the run.
     let warmup = secs_limit.map(|l| (l / 10).min(Duration::from_secs(60)));
     let mut rss_warm_kib = None;
+    // After the warm-up: one sample every 30 s and the largest seen (read
+    // once a second), so a leak (steady growth) can be told from a passing
+    // peak.
+    let mut rss_samples_kib: Vec<u64> = Vec::new();
+    let mut rss_max_kib = 0u64;
+    let mut rss_read_at = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(50));
         if rss_warm_kib.is_none() && warmup.is_some_and(|w| start.elapsed() >= w) {
-            rss_warm_kib = Some(rss_kib());
+            let rss = rss_kib();
+            rss_warm_kib = Some(rss);
+            rss_samples_kib.push(rss);
+            rss_max_kib = rss;
+            rss_read_at = Instant::now();
+        }
+        if rss_warm_kib.is_some() && rss_read_at.elapsed() >= Duration::from_secs(1) {
+            let rss = rss_kib();
+            rss_max_kib = rss_max_kib.max(rss);
+            if rss_read_at.duration_since(start).as_secs() / 30 != start.elapsed().as_secs() / 30 {
+                rss_samples_kib.push(rss);
+            }
+            rss_read_at = Instant::now();
         }
         let done = match secs_limit {
             Some(limit) => start.elapsed() >= limit,
@@ -383,6 +401,8 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         "rss_start_kib": rss_start_kib,
         "rss_warm_kib": rss_warm_kib,
         "rss_end_kib": rss_end_kib,
+        "rss_max_kib": rss_warm_kib.map(|_| rss_max_kib.max(rss_end_kib)),
+        "rss_samples_kib": rss_samples_kib,
         "checkpointed_through": checkpointed,
         "replicas_agree": agree,
         // What the run cost, per chosen proposal (all nodes unless named):
