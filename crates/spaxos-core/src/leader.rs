@@ -554,7 +554,7 @@ impl Node {
                     if run.votes.count_ones() >= quorum {
                         // A quorum accepted every value of the run.
                         run.chosen = true;
-                        let first = run.entries[run.start].0;
+                        let first = run.start_index();
                         marks.add_range(&mut self.out.records, first, run.end_index() - 1);
                     }
                 }
@@ -585,7 +585,7 @@ impl Node {
         let from = self
             .leader_runs
             .iter()
-            .position(|r| r.entries[r.start].0 == first)?;
+            .position(|r| r.start_index() == first)?;
         let mut at = 0;
         for (offset, run) in self.leader_runs.iter().enumerate().skip(from) {
             for (index, _) in &run.entries[run.start..run.end] {

@@ -120,6 +120,23 @@ impl Instance {
         self.proposer.take().is_some()
     }
 
+    /// The instance `propose_at_for` makes for a local proposal placed at
+    /// `ballot` on tick `at`, before any vote: the origin is its own reqid.
+    pub fn leader_proposal(ballot: Ballot, value: &Value, at: u64) -> Instance {
+        Instance {
+            promised: ballot,
+            accepted: ballot,
+            value: Some(value.clone()),
+            chosen: false,
+            vote_ballot: ballot,
+            votes: 0,
+            proposed_at: at,
+            origin_reqid: value.reqid().unwrap_or(0),
+            created_at: at,
+            proposer: None,
+        }
+    }
+
     /// Notes that the proposal `reqid` made on this node is tried here.
     /// False if another one already is: the caller keeps `reqid` in
     /// `Node::extra_origins`.
@@ -197,6 +214,11 @@ pub(crate) struct LeaderRun {
 }
 
 impl LeaderRun {
+    /// The first undelivered index.
+    pub fn start_index(&self) -> Index {
+        self.entries[self.start].0
+    }
+
     /// One past the run's last index.
     pub fn end_index(&self) -> Index {
         self.entries[self.end - 1].0 + 1
@@ -205,18 +227,10 @@ impl LeaderRun {
     /// The instance the entry at `position` stands for: a local proposal
     /// placed at the leader's ballot, its origin its own reqid.
     pub fn instance(&self, position: usize) -> Instance {
-        let value = &self.entries[position].1;
         Instance {
-            promised: self.ballot,
-            accepted: self.ballot,
-            value: Some(value.clone()),
             chosen: self.chosen,
-            vote_ballot: self.ballot,
             votes: self.votes,
-            proposed_at: self.proposed_at,
-            origin_reqid: value.reqid().unwrap_or(0),
-            created_at: self.proposed_at,
-            proposer: None,
+            ..Instance::leader_proposal(self.ballot, &self.entries[position].1, self.proposed_at)
         }
     }
 }
@@ -781,8 +795,8 @@ impl Node {
             .or_else(|| {
                 self.leader_runs
                     .iter()
-                    .find(|r| (r.entries[r.start].0..r.end_index()).contains(&index))
-                    .map(|r| r.instance(r.start + (index - r.entries[r.start].0) as usize))
+                    .find(|r| (r.start_index()..r.end_index()).contains(&index))
+                    .map(|r| r.instance(r.start + (index - r.start_index()) as usize))
             })
             .or_else(|| {
                 self.open_runs
@@ -866,63 +880,54 @@ impl Node {
     fn materialize_leader_runs_now(&mut self) {
         for run in std::mem::take(&mut self.leader_runs) {
             for position in run.start..run.end {
-                assert_eq!(
-                    run.entries[position].0,
-                    self.base + self.instances.len() as u64,
-                    "leader runs must continue the instances"
-                );
-                self.instances.push_back(run.instance(position));
+                self.push_next_instance(run.entries[position].0, run.instance(position));
             }
         }
         for open in std::mem::take(&mut self.open_runs) {
             for offset in 0..open.count {
                 let inst = self.open_instance(&open, offset);
-                assert_eq!(
-                    open.first + offset as u64,
-                    self.base + self.instances.len() as u64,
-                    "the open run must continue the instances"
-                );
-                self.instances.push_back(inst);
+                self.push_next_instance(open.first + offset as u64, inst);
             }
         }
     }
 
-    /// The instance the open run's entry `offset` stands for.
-    fn open_instance(&self, open: &OpenRun, offset: usize) -> Instance {
+    /// Appends `inst`, which stands for `index`: runs continue the
+    /// instances without a gap.
+    fn push_next_instance(&mut self, index: Index, inst: Instance) {
+        assert_eq!(
+            index,
+            self.base + self.instances.len() as u64,
+            "a run does not continue the instances"
+        );
+        self.instances.push_back(inst);
+    }
+
+    /// The record vector an open run's entries are in (this round's,
+    /// still in `out.records`).
+    fn open_run_entries(&self, open: &OpenRun) -> &AcceptEntries {
         let Record::Accepted { ballot, entries } = &self.out.records[open.position] else {
             panic!("the open run's record {} is not an accept", open.position);
         };
         assert_eq!(*ballot, open.ballot, "the open run's record changed ballot");
-        let (index, value) = &entries[open.offset + offset];
+        entries
+    }
+
+    /// The instance the open run's entry `offset` stands for.
+    fn open_instance(&self, open: &OpenRun, offset: usize) -> Instance {
+        let (index, value) = &self.open_run_entries(open)[open.offset + offset];
         assert_eq!(
             *index,
             open.first + offset as u64,
             "the open run skipped an index"
         );
-        Instance {
-            promised: open.ballot,
-            accepted: open.ballot,
-            value: Some(value.clone()),
-            chosen: false,
-            vote_ballot: open.ballot,
-            votes: 0,
-            proposed_at: open.proposed_at,
-            origin_reqid: value.reqid().unwrap_or(0),
-            created_at: open.proposed_at,
-            proposer: None,
-        }
+        Instance::leader_proposal(open.ballot, value, open.proposed_at)
     }
 
     #[cold]
     fn materialize_follower_runs_now(&mut self) {
         for run in std::mem::take(&mut self.runs) {
             for position in run.start..run.entries.len() {
-                assert_eq!(
-                    run.entries[position].0,
-                    self.base + self.instances.len() as u64,
-                    "accepted runs must continue the instances"
-                );
-                self.instances.push_back(run.instance(position));
+                self.push_next_instance(run.entries[position].0, run.instance(position));
             }
         }
     }
@@ -1078,13 +1083,10 @@ impl Node {
     fn flush_batches(&mut self) {
         for open in std::mem::take(&mut self.open_runs) {
             // Sent below: from now on their acknowledgements can come.
-            let Record::Accepted { ballot, entries } = &self.out.records[open.position] else {
-                panic!("the open run's record {} is not an accept", open.position);
-            };
-            assert_eq!(*ballot, open.ballot, "the open run's record changed ballot");
+            let entries = Arc::clone(self.open_run_entries(&open));
             self.leader_runs.push_back(LeaderRun {
                 ballot: open.ballot,
-                entries: Arc::clone(entries),
+                entries,
                 start: open.offset,
                 end: open.offset + open.count,
                 votes: 0,
