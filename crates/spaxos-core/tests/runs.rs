@@ -118,6 +118,29 @@ fn follower_cfg() -> CoreConfig {
     c
 }
 
+/// Takes both nodes' output and requires it to be the same; returns the
+/// first node's.
+fn same_output(
+    with_runs: &mut Node,
+    without: &mut Node,
+    step: usize,
+) -> Result<Ready, TestCaseError> {
+    let (records_a, a) = output(with_runs);
+    let (records_b, b) = output(without);
+    prop_assert_eq!(records_a, records_b, "records after input {}", step);
+    prop_assert_eq!(&a.messages, &b.messages, "messages after input {}", step);
+    prop_assert_eq!(
+        &a.messages_now,
+        &b.messages_now,
+        "messages_now after input {}",
+        step
+    );
+    prop_assert_eq!(&a.chosen, &b.chosen, "chosen after input {}", step);
+    prop_assert_eq!(&a.outcomes, &b.outcomes, "outcomes after input {}", step);
+    prop_assert_eq!(&a.reads, &b.reads, "reads after input {}", step);
+    Ok(a)
+}
+
 /// Feeds `inputs` to a node with runs and to one without, comparing
 /// everything observable after each input.
 fn compare(inputs: Vec<Input>) -> Result<(), TestCaseError> {
@@ -134,19 +157,7 @@ fn compare(inputs: Vec<Input>) -> Result<(), TestCaseError> {
                 }
             }
         }
-        let (records_a, a) = output(&mut with_runs);
-        let (records_b, b) = output(&mut without);
-        prop_assert_eq!(records_a, records_b, "records after input {}", step);
-        prop_assert_eq!(&a.messages, &b.messages, "messages after input {}", step);
-        prop_assert_eq!(
-            &a.messages_now,
-            &b.messages_now,
-            "messages_now after input {}",
-            step
-        );
-        prop_assert_eq!(&a.chosen, &b.chosen, "chosen after input {}", step);
-        prop_assert_eq!(&a.outcomes, &b.outcomes, "outcomes after input {}", step);
-        prop_assert_eq!(&a.reads, &b.reads, "reads after input {}", step);
+        same_output(&mut with_runs, &mut without, step)?;
         prop_assert_eq!(
             with_runs.status(),
             without.status(),
@@ -481,19 +492,7 @@ fn compare_leaders_flushing(inputs: Vec<(LeaderInput, bool)>) -> Result<(), Test
         if !flush {
             continue;
         }
-        let (records_a, a) = output(&mut with_runs);
-        let (records_b, b) = output(&mut without);
-        prop_assert_eq!(records_a, records_b, "records after input {}", step);
-        prop_assert_eq!(&a.messages, &b.messages, "messages after input {}", step);
-        prop_assert_eq!(
-            &a.messages_now,
-            &b.messages_now,
-            "messages_now after input {}",
-            step
-        );
-        prop_assert_eq!(&a.chosen, &b.chosen, "chosen after input {}", step);
-        prop_assert_eq!(&a.outcomes, &b.outcomes, "outcomes after input {}", step);
-        prop_assert_eq!(&a.reads, &b.reads, "reads after input {}", step);
+        let a = same_output(&mut with_runs, &mut without, step)?;
         for m in a.messages.iter().chain(&a.messages_now) {
             match &m.body {
                 Body::Accept { entries, .. } if m.to != 1 => {
