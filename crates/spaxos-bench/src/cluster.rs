@@ -303,23 +303,22 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
     // peak.
     let mut rss_samples_kib: Vec<u64> = Vec::new();
     let mut rss_max_kib = 0u64;
-    let mut rss_read_at = Instant::now();
+    // When RSS is read next, and sampled next (both from the warm-up on).
+    let (mut read_at, mut sample_at) = (Instant::now(), Instant::now());
     loop {
         std::thread::sleep(Duration::from_millis(50));
         if rss_warm_kib.is_none() && warmup.is_some_and(|w| start.elapsed() >= w) {
-            let rss = rss_kib();
-            rss_warm_kib = Some(rss);
-            rss_samples_kib.push(rss);
-            rss_max_kib = rss;
-            rss_read_at = Instant::now();
+            rss_warm_kib = Some(rss_kib());
+            (read_at, sample_at) = (Instant::now(), Instant::now());
         }
-        if rss_warm_kib.is_some() && rss_read_at.elapsed() >= Duration::from_secs(1) {
+        if rss_warm_kib.is_some() && Instant::now() >= read_at {
             let rss = rss_kib();
             rss_max_kib = rss_max_kib.max(rss);
-            if rss_read_at.duration_since(start).as_secs() / 30 != start.elapsed().as_secs() / 30 {
+            read_at += Duration::from_secs(1);
+            if Instant::now() >= sample_at {
                 rss_samples_kib.push(rss);
+                sample_at += Duration::from_secs(30);
             }
-            rss_read_at = Instant::now();
         }
         let done = match secs_limit {
             Some(limit) => start.elapsed() >= limit,
