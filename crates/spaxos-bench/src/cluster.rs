@@ -44,6 +44,10 @@ pub struct ClusterArgs {
     /// config's `send_accepts_before_persist`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     accepts_before_persist: bool,
+    /// Longest hold of new proposals while answered proposers are expected
+    /// back (the config's `propose_gather_us`; 0 = off).
+    #[arg(long, default_value_t = spaxos::config::defaults::PROPOSE_GATHER_US)]
+    propose_gather_us: u64,
     /// Checkpoint (let storage reclaim) every this many chosen entries; 0 = never.
     #[arg(long, default_value_t = 0)]
     checkpoint_every: u64,
@@ -146,6 +150,7 @@ fn start_cluster(dir: &Path, args: &ClusterArgs) -> Result<Vec<Spaxos>, String> 
             "path": dir.join(format!("node{id}")),
             "stimeout": {"heartbeat": 50, "instimeoutbase": 300, "instimeoutrange": 150},
             "send_accepts_before_persist": args.accepts_before_persist,
+            "propose_gather_us": args.propose_gather_us,
             // Every client may have a proposal queued on any node.
             "proposal_queue_max": (args.clients as usize * 4).max(1024),
         });
@@ -158,6 +163,7 @@ fn start_cluster(dir: &Path, args: &ClusterArgs) -> Result<Vec<Spaxos>, String> 
 /// Work the nodes did during the load (metrics after minus before).
 struct Cost {
     leader_rounds: u64,
+    held_rounds: u64,
     storage_writes: u64,
     deferred_writes: u64,
     records_written: u64,
@@ -177,6 +183,7 @@ impl Cost {
         };
         Cost {
             leader_rounds: after[leader].rounds.saturating_sub(before[leader].rounds),
+            held_rounds: sum(|m| m.held_rounds),
             storage_writes: sum(|m| m.storage_writes),
             deferred_writes: sum(|m| m.deferred_writes),
             records_written: sum(|m| m.records_written),
@@ -390,6 +397,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         "clients": args.clients,
         "target": format!("{:?}", args.target).to_lowercase(),
         "accepts_before_persist": args.accepts_before_persist,
+        "propose_gather_us": args.propose_gather_us,
         "secs": secs,
         "ops_per_sec": ok as f64 / secs,
         "p50_us": histogram.value_at_quantile(0.50) as f64 / 1000.0,
@@ -407,6 +415,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         // What the run cost, per chosen proposal (all nodes unless named):
         // how well group commit, rounds and frame coalescing batch.
         "leader_rounds_per_op": cost.leader_rounds as f64 / ok.max(1) as f64,
+        "held_rounds_per_op": cost.held_rounds as f64 / ok.max(1) as f64,
         "storage_writes_per_op": cost.storage_writes as f64 / ok.max(1) as f64,
         "deferred_writes_per_op": cost.deferred_writes as f64 / ok.max(1) as f64,
         // Deferred marks ride in the next write: records per fdatasync.

@@ -327,6 +327,53 @@ fn throughput_smoke() {
     }
 }
 
+/// Closed-loop proposers (each proposes again once answered) with a long
+/// gather window: their proposals are held for one another, and a held
+/// proposal whose expected companions never come is still proposed once the
+/// window ends. With the window at zero nothing is ever held.
+#[test]
+fn gathered_proposals_are_held_for_answered_proposers_and_then_chosen() {
+    for (window_us, holds) in [(10_000, true), (0, false)] {
+        let cluster = Cluster::start_with(3, &format!(r#", "propose_gather_us": {window_us}"#));
+        let leader = cluster.node(cluster.wait_leader()).clone();
+        let before = leader.metrics();
+        let chosen: BTreeMap<u64, u64> = std::thread::scope(|scope| {
+            let proposers: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let node = leader.clone();
+                    scope.spawn(move || {
+                        (0..25u64)
+                            .map(|k| {
+                                let reqid = 1_000 + t * 100 + k;
+                                let handle =
+                                    node.propose(reqid, format!("v{reqid}")).expect("queued");
+                                (reqid, wait_chosen(handle))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            proposers
+                .into_iter()
+                .flat_map(|p| p.join().expect("proposer"))
+                .collect()
+        });
+        assert_eq!(chosen.len(), 200);
+        // The proposers answered last never come back: a lone proposal is
+        // held at most the window, then chosen.
+        let lone = leader.propose(9_999, "lone").expect("queued");
+        let index = wait_chosen(lone);
+        assert!(chosen.values().all(|&earlier| earlier < index));
+        let logs: Vec<Vec<ChosenItem>> = (1..=3)
+            .map(|id| ordered_items(cluster.node(id), 1, index))
+            .collect();
+        assert_eq!(logs[0], logs[1]);
+        assert_eq!(logs[0], logs[2]);
+        let held = leader.metrics().held_rounds - before.held_rounds;
+        assert_eq!(held > 0, holds, "window {window_us} µs: {held} held rounds");
+    }
+}
+
 #[test]
 fn accepts_sent_after_persist_keep_logs_identical() {
     let cluster = Cluster::start_with(3, r#", "send_accepts_before_persist": false"#);

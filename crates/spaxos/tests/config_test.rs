@@ -47,6 +47,7 @@ fn seed_format_parses_with_defaults() {
     assert_eq!(config.tick_ms, 10);
     assert_eq!(config.frame_bytes_max, 64 << 20);
     assert!(config.send_accepts_before_persist);
+    assert_eq!(config.propose_gather_us, 200);
     assert_eq!(config.addr_of(2), Some("127.0.0.1:10002".parse().unwrap()));
 }
 
@@ -57,13 +58,15 @@ fn optional_fields_override_defaults() {
         r#""cluster_id": 9, "tick_ms": 5, "inflight_max": 10, "batch_bytes_max": 1000,
            "value_bytes_max": 2000, "frame_bytes_max": 100000, "proposal_queue_max": 7,
            "peer_queue_max": 11, "retry_lost": false, "send_accepts_before_persist": false, "dedup_window": 5,
-           "reconnect_backoff_min_ms": 1, "reconnect_backoff_max_ms": 3, "rng_seed": 42, "path""#,
+           "reconnect_backoff_min_ms": 1, "reconnect_backoff_max_ms": 3, "rng_seed": 42,
+           "propose_gather_us": 0, "path""#,
         1,
     );
     let config = Config::from_json(&json).unwrap();
     assert_eq!(config.validate().unwrap(), vec![]);
     assert_eq!(config.cluster_id, 9);
     assert!(!config.send_accepts_before_persist);
+    assert_eq!(config.propose_gather_us, 0);
     let core = config.core_config();
     assert_eq!(core.dedup_window, 5);
     assert_eq!(core.heartbeat_ticks, 20);
@@ -254,6 +257,18 @@ fn dedup_window_limit() {
     assert_eq!(
         errors(&config),
         vec!["dedup_window (16777217) must be at most 16777216"]
+    );
+}
+
+#[test]
+fn propose_gather_is_capped() {
+    let mut config = seed();
+    config.propose_gather_us = 10_000;
+    assert_eq!(config.validate().unwrap(), vec![]);
+    config.propose_gather_us = 10_001;
+    assert_eq!(
+        errors(&config),
+        vec!["propose_gather_us (10001) must be at most 10000"]
     );
 }
 

@@ -185,6 +185,7 @@ impl Spaxos {
         let state_machine = StateMachine::new(StateMachineParts {
             node,
             send_accepts_before_persist: config.send_accepts_before_persist,
+            propose_gather: Duration::from_micros(config.propose_gather_us),
             core_config: core_config.clone(),
             transport: Arc::clone(&transport),
             shared: Arc::clone(&shared),

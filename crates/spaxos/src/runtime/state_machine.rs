@@ -4,14 +4,15 @@
 //! One round: block for one input (a storage event, a peer message, an API
 //! command, a tick or the stop signal), take whatever else is already queued
 //! (at most [`ROUND_INPUTS_MAX`]; consecutive proposals reach the core as one
-//! `propose_batch`), then drain the core's `Ready` into one
-//! job for the storage thread. The only place it waits is handing that job
+//! `propose_batch` at the end of the round), then drain the core's `Ready`
+//! into one job for the storage thread. Proposals may be held over a few
+//! rounds while proposers just answered are expected back ([`Gather`]). The only place it waits is handing that job
 //! over when the storage queue is full: that is the backpressure that reaches
 //! proposers when the disk is slow.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Select, Sender, TryRecvError, TrySendError};
 use spaxos_core::{
@@ -32,6 +33,64 @@ struct OrderedSubscriber {
     next: Index,
 }
 
+/// Holds new proposals for a moment while proposers that were just
+/// answered are expected back (`Config::propose_gather_us`).
+///
+/// A closed-loop proposer proposes again as soon as it is answered, and one
+/// round answers many proposers at once. Their next proposals arrive one
+/// by one as each proposer thread gets a core; proposing each as it comes
+/// makes many small rounds (a small accept, a small group commit and a
+/// round of thread wake-ups each). Holding them until the answered
+/// proposers are back, or `window` has passed, sends them as one round.
+/// A proposal waits at most `window`, and only while some answered
+/// proposer has not proposed again.
+struct Gather {
+    /// Longest hold; zero turns gathering off.
+    window: Duration,
+    /// Proposers answered whose next proposal has not arrived yet.
+    awaited: usize,
+    /// When the current hold ends at the latest.
+    until: Option<Instant>,
+}
+
+impl Gather {
+    fn new(window: Duration) -> Gather {
+        Gather {
+            window,
+            awaited: 0,
+            until: None,
+        }
+    }
+
+    fn answered(&mut self) {
+        if !self.window.is_zero() {
+            self.awaited = self.awaited.saturating_add(1);
+        }
+    }
+
+    fn proposal_arrived(&mut self) {
+        self.awaited = self.awaited.saturating_sub(1);
+    }
+
+    /// Whether the `held` proposals taken so far wait for more.
+    fn hold(&mut self, held: usize) -> bool {
+        if held == 0 || self.awaited == 0 {
+            self.until = None;
+            return false;
+        }
+        let now = Instant::now();
+        let until = *self.until.get_or_insert(now + self.window);
+        if now < until {
+            return true;
+        }
+        // The proposers still awaited are not coming back soon; stop
+        // waiting for them.
+        self.awaited = 0;
+        self.until = None;
+        false
+    }
+}
+
 /// Everything the SMT owns.
 pub(crate) struct StateMachine {
     pub node: Node,
@@ -48,9 +107,10 @@ pub(crate) struct StateMachine {
     pub ticks: Receiver<Instant>,
     pub storage: Sender<StorageInput>,
     pub proposals: HashMap<ReqId, ProposalReply>,
-    /// Proposals taken this round, handed to the core together (see
-    /// `propose_batched`).
+    /// Proposals taken this round (or held over from earlier ones), handed
+    /// to the core together (see `propose_batched`).
     batched: Vec<(Value, ProposalReply)>,
+    gather: Gather,
     subscribers: Vec<Sender<ChosenItem>>,
     ordered: Vec<OrderedSubscriber>,
     /// Highest index handed to subscribers. A rebuilt core delivers again
@@ -80,6 +140,8 @@ pub(crate) struct StateMachineParts {
     pub node: Node,
     pub core_config: CoreConfig,
     pub send_accepts_before_persist: bool,
+    /// Longest hold of new proposals (see [`Gather`]); zero = off.
+    pub propose_gather: Duration,
     pub transport: Arc<TransportHandle>,
     pub shared: Arc<Shared>,
     pub commands: Receiver<Command>,
@@ -111,6 +173,7 @@ impl StateMachine {
             storage: parts.storage,
             proposals: HashMap::new(),
             batched: Vec::new(),
+            gather: Gather::new(parts.propose_gather),
             subscribers: Vec::new(),
             ordered: Vec::new(),
             stashed_events: VecDeque::new(),
@@ -129,9 +192,11 @@ impl StateMachine {
                 }
             }
             if flow == Flow::Continue && taken == 0 {
-                let input = self.wait_input();
-                flow = self.handle(input);
-                taken = 1;
+                // None: the hold of the proposals taken so far is over.
+                if let Some(input) = self.wait_input(self.gather.until) {
+                    flow = self.handle(input);
+                    taken = 1;
+                }
             }
             while flow == Flow::Continue && taken < ROUND_INPUTS_MAX {
                 let Some(input) = self.try_input() else {
@@ -140,7 +205,11 @@ impl StateMachine {
                 flow = self.handle(input);
                 taken += 1;
             }
-            self.propose_batched();
+            if flow == Flow::Stop || !self.gather.hold(self.batched.len()) {
+                self.propose_batched();
+            } else {
+                Counters::add(&self.shared.counters.held_rounds, 1);
+            }
             Counters::add(&self.shared.counters.rounds, 1);
             if self.flush_ready() == Flow::Stop {
                 flow = Flow::Stop;
@@ -153,10 +222,12 @@ impl StateMachine {
         self.finish();
     }
 
-    /// Blocks for the next input. Storage events come first: they carry
-    /// this node's own votes, which unblock everything else.
-    fn wait_input(&self) -> Input {
-        select! {
+    /// Blocks for the next input, or until `deadline` (then None). Storage
+    /// events come first: they carry this node's own votes, which unblock
+    /// everything else.
+    fn wait_input(&self, deadline: Option<Instant>) -> Option<Input> {
+        let timeout = deadline.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+        let input = select! {
             recv(self.storage_events) -> event => match event {
                 Ok(event) => Input::Event(event),
                 Err(_) => Input::Event(StorageEvent::Failed {
@@ -175,7 +246,9 @@ impl StateMachine {
                 Err(_) => Input::Stop,
             },
             recv(self.ticks) -> _ => Input::Tick,
-        }
+            recv(timeout) -> _ => return None,
+        };
+        Some(input)
     }
 
     /// The next queued input, if any, in the same priority order.
@@ -204,12 +277,10 @@ impl StateMachine {
         None
     }
 
+    /// Handles one input. Proposals wait in `batched` for the end of the
+    /// round (or longer, see [`Gather`]): inputs taken after them in the
+    /// same round reach the core first, as if they had arrived first.
     fn handle(&mut self, input: Input) -> Flow {
-        if !matches!(input, Input::Command(Command::Propose { .. })) {
-            // Anything else sees the proposals taken before it (same order
-            // as handling each at once).
-            self.propose_batched();
-        }
         match input {
             Input::Event(event) => return self.on_storage_event(event),
             Input::Message(msg) => self.node.step(msg),
@@ -252,7 +323,10 @@ impl StateMachine {
     fn on_command(&mut self, command: Command) {
         match command {
             // Proposed with the rest of the round's (`propose_batched`).
-            Command::Propose { value, reply } => self.batched.push((value, reply)),
+            Command::Propose { value, reply } => {
+                self.gather.proposal_arrived();
+                self.batched.push((value, reply));
+            }
             Command::Subscribe { items } => self.subscribers.push(items),
             Command::SubscribeOrdered {
                 from,
@@ -466,6 +540,7 @@ impl StateMachine {
     fn resolve(&mut self, reqid: ReqId, outcome: Outcome) {
         if let Some(reply) = self.proposals.remove(&reqid) {
             reply.send(Ok(outcome));
+            self.gather.answered();
         }
     }
 
@@ -523,5 +598,54 @@ impl StateMachine {
             chosen_through = self.node.chosen_through(),
             "state machine stopped"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_held_without_answered_proposers() {
+        let mut gather = Gather::new(Duration::from_secs(60));
+        assert!(!gather.hold(5));
+        gather.answered();
+        gather.proposal_arrived();
+        assert!(!gather.hold(5), "the answered proposer is back");
+    }
+
+    #[test]
+    fn proposals_wait_for_the_answered_proposers() {
+        let mut gather = Gather::new(Duration::from_secs(60));
+        gather.answered();
+        gather.answered();
+        gather.proposal_arrived();
+        assert!(gather.hold(1), "one answered proposer is still away");
+        assert!(!gather.hold(0), "nothing to hold");
+        gather.proposal_arrived();
+        assert!(!gather.hold(2), "both are back");
+        assert_eq!(gather.until, None);
+    }
+
+    #[test]
+    fn a_hold_ends_at_its_window_and_forgets_the_absent() {
+        let mut gather = Gather::new(Duration::from_millis(2));
+        gather.answered();
+        assert!(gather.hold(1));
+        let until = gather.until.expect("a hold has an end");
+        // Holding again does not move the end.
+        assert!(gather.hold(2));
+        assert_eq!(gather.until, Some(until));
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(!gather.hold(2), "the window is over");
+        assert_eq!(gather.awaited, 0);
+        assert!(!gather.hold(3), "the absent proposer is no longer awaited");
+    }
+
+    #[test]
+    fn a_zero_window_never_holds() {
+        let mut gather = Gather::new(Duration::ZERO);
+        gather.answered();
+        assert!(!gather.hold(1));
     }
 }

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub rounds: u64,
     /// Proposals handed to the core.
     pub proposals: u64,
+    /// Rounds that ended with new proposals held back for proposers just
+    /// answered to come back with more (see `Config::propose_gather_us`).
+    pub held_rounds: u64,
     /// Storage writes, each one durable batch (one `fdatasync` on disk),
     /// including the empty writes that flush deferred chosen marks no other
     /// write carried within ~10 ms.
@@ -60,6 +63,7 @@ pub struct Metrics {
 pub(crate) struct Counters {
     pub rounds: AtomicU64,
     pub proposals: AtomicU64,
+    pub held_rounds: AtomicU64,
     pub storage_writes: AtomicU64,
     pub deferred_writes: AtomicU64,
     pub records_written: AtomicU64,
@@ -75,6 +79,7 @@ impl Counters {
         Metrics {
             rounds: self.rounds.load(Ordering::Relaxed),
             proposals: self.proposals.load(Ordering::Relaxed),
+            held_rounds: self.held_rounds.load(Ordering::Relaxed),
             storage_writes: self.storage_writes.load(Ordering::Relaxed),
             deferred_writes: self.deferred_writes.load(Ordering::Relaxed),
             records_written: self.records_written.load(Ordering::Relaxed),
