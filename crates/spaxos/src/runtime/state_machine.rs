@@ -42,13 +42,15 @@ struct OrderedSubscriber {
 /// makes many small rounds (a small accept, a small group commit and a
 /// round of thread wake-ups each). Holding them until the answered
 /// proposers are back, or `window` has passed, sends them as one round.
-/// A proposal waits at most `window`, and only while some answered
-/// proposer has not proposed again.
+/// A proposal waits at most `window`, and only while some proposer
+/// answered within the last `window` has not proposed again.
 struct Gather {
     /// Longest hold; zero turns gathering off.
     window: Duration,
     /// Proposers answered whose next proposal has not arrived yet.
     awaited: usize,
+    /// When proposers were last answered.
+    answered_at: Option<Instant>,
     /// When the current hold ends at the latest.
     until: Option<Instant>,
 }
@@ -58,13 +60,16 @@ impl Gather {
         Gather {
             window,
             awaited: 0,
+            answered_at: None,
             until: None,
         }
     }
 
-    fn answered(&mut self) {
-        if !self.window.is_zero() {
-            self.awaited = self.awaited.saturating_add(1);
+    /// `count` proposers were answered (one round's outcomes).
+    fn answered(&mut self, count: usize) {
+        if !self.window.is_zero() && count > 0 {
+            self.awaited = self.awaited.saturating_add(count);
+            self.answered_at = Some(Instant::now());
         }
     }
 
@@ -79,6 +84,15 @@ impl Gather {
             return false;
         }
         let now = Instant::now();
+        let answered_long_ago = self
+            .answered_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.window);
+        if self.until.is_none() && answered_long_ago {
+            // Proposers answered a window ago or more are not about to come
+            // back: a proposal that arrives now has no one to wait for.
+            self.awaited = 0;
+            return false;
+        }
         let until = *self.until.get_or_insert(now + self.window);
         if now < until {
             return true;
@@ -455,9 +469,11 @@ impl StateMachine {
         for item in ready.chosen {
             self.deliver(item);
         }
+        let mut answered = 0;
         for (reqid, outcome) in ready.outcomes {
-            self.resolve(reqid, outcome);
+            answered += usize::from(self.resolve(reqid, outcome));
         }
+        self.gather.answered(answered);
         flow
     }
 
@@ -537,11 +553,13 @@ impl StateMachine {
         });
     }
 
-    fn resolve(&mut self, reqid: ReqId, outcome: Outcome) {
-        if let Some(reply) = self.proposals.remove(&reqid) {
-            reply.send(Ok(outcome));
-            self.gather.answered();
-        }
+    /// Answers the proposer of `reqid`, if it is waiting on this node.
+    fn resolve(&mut self, reqid: ReqId, outcome: Outcome) -> bool {
+        let Some(reply) = self.proposals.remove(&reqid) else {
+            return false;
+        };
+        reply.send(Ok(outcome));
+        true
     }
 
     fn fail_proposals(&mut self, error: impl Fn() -> ProposalError) {
@@ -609,7 +627,9 @@ mod tests {
     fn nothing_is_held_without_answered_proposers() {
         let mut gather = Gather::new(Duration::from_secs(60));
         assert!(!gather.hold(5));
-        gather.answered();
+        gather.answered(0);
+        assert!(!gather.hold(5));
+        gather.answered(1);
         gather.proposal_arrived();
         assert!(!gather.hold(5), "the answered proposer is back");
     }
@@ -617,8 +637,7 @@ mod tests {
     #[test]
     fn proposals_wait_for_the_answered_proposers() {
         let mut gather = Gather::new(Duration::from_secs(60));
-        gather.answered();
-        gather.answered();
+        gather.answered(2);
         gather.proposal_arrived();
         assert!(gather.hold(1), "one answered proposer is still away");
         assert!(!gather.hold(0), "nothing to hold");
@@ -630,7 +649,7 @@ mod tests {
     #[test]
     fn a_hold_ends_at_its_window_and_forgets_the_absent() {
         let mut gather = Gather::new(Duration::from_millis(2));
-        gather.answered();
+        gather.answered(1);
         assert!(gather.hold(1));
         let until = gather.until.expect("a hold has an end");
         // Holding again does not move the end.
@@ -645,7 +664,18 @@ mod tests {
     #[test]
     fn a_zero_window_never_holds() {
         let mut gather = Gather::new(Duration::ZERO);
-        gather.answered();
+        gather.answered(1);
         assert!(!gather.hold(1));
+    }
+
+    #[test]
+    fn proposers_answered_a_window_ago_are_not_awaited() {
+        let mut gather = Gather::new(Duration::from_millis(2));
+        gather.answered(3);
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(!gather.hold(1), "nobody answered recently");
+        assert_eq!(gather.awaited, 0);
+        gather.answered(1);
+        assert!(gather.hold(1), "a fresh answer is awaited again");
     }
 }
