@@ -6,9 +6,10 @@
 //! (at most [`ROUND_INPUTS_MAX`]; consecutive proposals reach the core as one
 //! `propose_batch` at the end of the round), then drain the core's `Ready`
 //! into one job for the storage thread. Proposals may be held over a few
-//! rounds while proposers just answered are expected back ([`Gather`]). The only place it waits is handing that job
-//! over when the storage queue is full: that is the backpressure that reaches
-//! proposers when the disk is slow.
+//! rounds while proposers just answered are expected back ([`Gather`]).
+//! The only place it waits is handing that job over when the storage queue
+//! is full: that is the backpressure that reaches proposers when the disk
+//! is slow.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
