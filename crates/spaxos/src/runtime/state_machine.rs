@@ -237,9 +237,9 @@ impl StateMachine {
         self.finish();
     }
 
-    /// Blocks for the next input, or until `deadline` (then None). Storage
-    /// events come first: they carry this node's own votes, which unblock
-    /// everything else.
+    /// Blocks for the next input, or until `deadline` (then None). When
+    /// several are ready, `select!` picks one at random; the rest of the
+    /// round then takes queued inputs in priority order (`try_input`).
     fn wait_input(&self, deadline: Option<Instant>) -> Option<Input> {
         let timeout = deadline.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         let input = select! {
@@ -266,7 +266,9 @@ impl StateMachine {
         Some(input)
     }
 
-    /// The next queued input, if any, in the same priority order.
+    /// The next queued input, if any. Storage events come first: they
+    /// carry this node's own votes, which unblock everything else; then
+    /// the stop signal, peer messages, commands, ticks.
     fn try_input(&self) -> Option<Input> {
         match self.storage_events.try_recv() {
             Ok(event) => return Some(Input::Event(event)),
