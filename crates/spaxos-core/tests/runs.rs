@@ -141,6 +141,31 @@ fn same_output(
     Ok(a)
 }
 
+/// Compares the two nodes' status and their first `instances` instances.
+fn same_state(
+    with_runs: &Node,
+    without: &Node,
+    instances: u64,
+    step: usize,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        with_runs.status(),
+        without.status(),
+        "status after input {}",
+        step
+    );
+    for index in 0..instances {
+        prop_assert_eq!(
+            with_runs.instance_state(index),
+            without.instance_state(index),
+            "instance {} after input {}",
+            index,
+            step
+        );
+    }
+    Ok(())
+}
+
 /// Feeds `inputs` to a node with runs and to one without, comparing
 /// everything observable after each input.
 fn compare(inputs: Vec<Input>) -> Result<(), TestCaseError> {
@@ -158,21 +183,7 @@ fn compare(inputs: Vec<Input>) -> Result<(), TestCaseError> {
             }
         }
         same_output(&mut with_runs, &mut without, step)?;
-        prop_assert_eq!(
-            with_runs.status(),
-            without.status(),
-            "status after input {}",
-            step
-        );
-        for index in 0..24 {
-            prop_assert_eq!(
-                with_runs.instance_state(index),
-                without.instance_state(index),
-                "instance {} after input {}",
-                index,
-                step
-            );
-        }
+        same_state(&with_runs, &without, 24, step)?;
     }
     Ok(())
 }
@@ -465,21 +476,7 @@ fn compare_leaders_flushing(inputs: Vec<(LeaderInput, bool)>) -> Result<(), Test
                 _ => messages.iter().for_each(|m| node.step(m.clone())),
             }
         }
-        prop_assert_eq!(
-            with_runs.status(),
-            without.status(),
-            "status after input {}",
-            step
-        );
-        for index in 0..48 {
-            prop_assert_eq!(
-                with_runs.instance_state(index),
-                without.instance_state(index),
-                "instance {} after input {}",
-                index,
-                step
-            );
-        }
+        same_state(&with_runs, &without, 48, step)?;
         for reqid in 1..60 {
             prop_assert_eq!(
                 with_runs.pending_proposal(reqid),
