@@ -134,6 +134,24 @@ fn wait_chosen(handle: ProposalHandle) -> u64 {
     }
 }
 
+/// Runs `proposer(t)` on threads `0..threads` and collects what they
+/// return: reqid -> chosen index.
+fn on_threads(
+    threads: u64,
+    proposer: impl Fn(u64) -> Vec<(u64, u64)> + Sync,
+) -> BTreeMap<u64, u64> {
+    std::thread::scope(|scope| {
+        let proposer = &proposer;
+        let workers: Vec<_> = (0..threads)
+            .map(|t| scope.spawn(move || proposer(t)))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("proposer thread"))
+            .collect()
+    })
+}
+
 /// Proposes `count` values per thread from `threads` threads on `node`,
 /// pipelined, and returns reqid -> chosen index.
 fn propose_from_threads(
@@ -142,28 +160,38 @@ fn propose_from_threads(
     threads: u64,
     count: u64,
 ) -> BTreeMap<u64, u64> {
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let node = node.clone();
-                scope.spawn(move || {
-                    let handles: Vec<ProposalHandle> = (0..count)
-                        .map(|k| {
-                            let reqid = first_reqid + t * count + k;
-                            node.propose(reqid, format!("value-{reqid}"))
-                                .expect("proposal queued")
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| (h.reqid(), wait_chosen(h)))
-                        .collect::<Vec<_>>()
-                })
+    on_threads(threads, |t| {
+        let handles: Vec<ProposalHandle> = (0..count)
+            .map(|k| {
+                let reqid = first_reqid + t * count + k;
+                node.propose(reqid, format!("value-{reqid}"))
+                    .expect("proposal queued")
             })
             .collect();
-        workers
+        handles
             .into_iter()
-            .flat_map(|w| w.join().expect("proposer thread"))
+            .map(|h| (h.reqid(), wait_chosen(h)))
+            .collect()
+    })
+}
+
+/// Like [`propose_from_threads`], but closed-loop: each thread proposes
+/// its next value only once the last one is chosen.
+fn propose_closed_loop(
+    node: &Spaxos,
+    first_reqid: u64,
+    threads: u64,
+    count: u64,
+) -> BTreeMap<u64, u64> {
+    on_threads(threads, |t| {
+        (0..count)
+            .map(|k| {
+                let reqid = first_reqid + t * count + k;
+                let handle = node
+                    .propose(reqid, format!("value-{reqid}"))
+                    .expect("proposal queued");
+                (reqid, wait_chosen(handle))
+            })
             .collect()
     })
 }
@@ -335,29 +363,9 @@ fn throughput_smoke() {
 fn gathered_proposals_are_held_for_answered_proposers_and_then_chosen() {
     for (window_us, holds) in [(10_000, true), (0, false)] {
         let cluster = Cluster::start_with(3, &format!(r#", "propose_gather_us": {window_us}"#));
-        let leader = cluster.node(cluster.wait_leader()).clone();
+        let leader = cluster.node(cluster.wait_leader());
         let before = leader.metrics();
-        let chosen: BTreeMap<u64, u64> = std::thread::scope(|scope| {
-            let proposers: Vec<_> = (0..8u64)
-                .map(|t| {
-                    let node = leader.clone();
-                    scope.spawn(move || {
-                        (0..25u64)
-                            .map(|k| {
-                                let reqid = 1_000 + t * 100 + k;
-                                let handle =
-                                    node.propose(reqid, format!("v{reqid}")).expect("queued");
-                                (reqid, wait_chosen(handle))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            proposers
-                .into_iter()
-                .flat_map(|p| p.join().expect("proposer"))
-                .collect()
-        });
+        let chosen = propose_closed_loop(leader, 1_000, 8, 25);
         assert_eq!(chosen.len(), 200);
         // The proposers answered last never come back: a lone proposal is
         // held at most the window, then chosen.
