@@ -47,7 +47,7 @@ use queues::{
     Command, StorageInput, COMMAND_QUEUE_MAX, NETWORK_QUEUE_MAX, STORAGE_EVENT_QUEUE_MAX,
     STORAGE_QUEUE_MAX, SUBSCRIBER_QUEUE_MAX,
 };
-use slot::{slot, Received, SlotReceiver};
+use slot::{slot, Bells, Received, SlotReceiver};
 use state_machine::{StateMachine, StateMachineParts};
 use status::Shared;
 use storage_thread::StorageThread;
@@ -80,6 +80,8 @@ struct Inner {
     storage: Sender<StorageInput>,
     stop: Sender<()>,
     shared: Arc<Shared>,
+    /// Where proposers wait for their outcomes.
+    bells: Arc<Bells>,
     transport: Arc<TransportHandle>,
     /// State-machine thread, then storage thread: joined in that order.
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -168,6 +170,7 @@ impl Spaxos {
         let (events_tx, events_rx) = bounded(STORAGE_EVENT_QUEUE_MAX);
         let (stop_tx, stop_rx) = bounded(1);
         let shared = Arc::new(Shared::default());
+        let bells = Bells::new();
 
         let storage_thread = StorageThread {
             storage: Some(storage),
@@ -189,6 +192,7 @@ impl Spaxos {
             core_config: core_config.clone(),
             transport: Arc::clone(&transport),
             shared: Arc::clone(&shared),
+            bells: Arc::clone(&bells),
             commands: commands_rx,
             network: network_rx,
             storage_events: events_rx,
@@ -226,6 +230,7 @@ impl Spaxos {
             storage: storage_tx,
             stop: stop_tx,
             shared,
+            bells,
             transport,
             threads: Mutex::new(threads),
             stopping: AtomicBool::new(false),
@@ -326,7 +331,7 @@ impl Spaxos {
         if self.inner.stopping.load(Ordering::Acquire) || self.inner.shared.is_failed() {
             return Err(self.propose_stopped());
         }
-        let (reply, receiver) = slot();
+        let (reply, receiver) = slot(&self.inner.bells);
         let command = Command::Propose { value, reply };
         let sent = match mode {
             Submit::Block => self.inner.commands.send(command).map_err(|_| None),

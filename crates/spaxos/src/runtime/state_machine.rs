@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use super::error::{Error, ProposalError};
 use super::queues::{Command, Job, ProposalReply, StorageEvent, StorageInput, ROUND_INPUTS_MAX};
+use super::slot::{Bells, Rings};
 use super::status::{Counters, Shared};
 use crate::transport::TransportHandle;
 
@@ -115,6 +116,8 @@ pub(crate) struct StateMachine {
     pub send_accepts_before_persist: bool,
     pub transport: Arc<TransportHandle>,
     pub shared: Arc<Shared>,
+    /// Where this node's proposers wait (`slot.rs`).
+    bells: Arc<Bells>,
     pub commands: Receiver<Command>,
     pub network: Receiver<Message>,
     pub storage_events: Receiver<StorageEvent>,
@@ -159,6 +162,7 @@ pub(crate) struct StateMachineParts {
     pub propose_gather: Duration,
     pub transport: Arc<TransportHandle>,
     pub shared: Arc<Shared>,
+    pub bells: Arc<Bells>,
     pub commands: Receiver<Command>,
     pub network: Receiver<Message>,
     pub storage_events: Receiver<StorageEvent>,
@@ -180,6 +184,7 @@ impl StateMachine {
             send_accepts_before_persist: parts.send_accepts_before_persist,
             transport: parts.transport,
             shared: parts.shared,
+            bells: parts.bells,
             commands: parts.commands,
             network: parts.network,
             storage_events: parts.storage_events,
@@ -316,6 +321,7 @@ impl StateMachine {
             return;
         }
         Counters::add(&self.shared.counters.proposals, self.batched.len() as u64);
+        self.bells.next_round();
         let (values, replies): (Vec<Value>, Vec<(ReqId, ProposalReply)>) = self
             .batched
             .drain(..)
@@ -473,9 +479,11 @@ impl StateMachine {
             self.deliver(item);
         }
         let mut answered = 0;
+        let mut rings = Rings::default();
         for (reqid, outcome) in ready.outcomes {
-            answered += usize::from(self.resolve(reqid, outcome));
+            answered += usize::from(self.resolve(reqid, outcome, &mut rings));
         }
+        rings.ring();
         self.gather.answered(answered);
         flow
     }
@@ -556,12 +564,13 @@ impl StateMachine {
         });
     }
 
-    /// Answers the proposer of `reqid`, if it is waiting on this node.
-    fn resolve(&mut self, reqid: ReqId, outcome: Outcome) -> bool {
+    /// Answers the proposer of `reqid`, if it is waiting on this node; it
+    /// wakes when `rings` is rung.
+    fn resolve(&mut self, reqid: ReqId, outcome: Outcome, rings: &mut Rings) -> bool {
         let Some(reply) = self.proposals.remove(&reqid) else {
             return false;
         };
-        reply.send(Ok(outcome));
+        reply.send_batched(Ok(outcome), rings);
         true
     }
 
