@@ -44,7 +44,7 @@ pub use storage_thread::ReopenStorage;
 use crate::config::Config;
 use crate::transport::{Transport, TransportHandle};
 use queues::{
-    Command, StorageInput, COMMAND_QUEUE_MAX, NETWORK_QUEUE_MAX, STORAGE_EVENT_QUEUE_MAX,
+    Command, Doorbell, StorageInput, COMMAND_QUEUE_MAX, NETWORK_QUEUE_MAX, STORAGE_EVENT_QUEUE_MAX,
     STORAGE_QUEUE_MAX, SUBSCRIBER_QUEUE_MAX,
 };
 use slot::{slot, Bells, Received, SlotReceiver};
@@ -82,6 +82,8 @@ struct Inner {
     shared: Arc<Shared>,
     /// Where proposers wait for their outcomes.
     bells: Arc<Bells>,
+    /// Rung when the SMT gathering proposals has enough of them queued.
+    doorbell: Arc<Doorbell>,
     transport: Arc<TransportHandle>,
     /// State-machine thread, then storage thread: joined in that order.
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -171,6 +173,7 @@ impl Spaxos {
         let (stop_tx, stop_rx) = bounded(1);
         let shared = Arc::new(Shared::default());
         let bells = Bells::new();
+        let doorbell = Arc::new(Doorbell::new());
 
         let storage_thread = StorageThread {
             storage: Some(storage),
@@ -193,6 +196,7 @@ impl Spaxos {
             transport: Arc::clone(&transport),
             shared: Arc::clone(&shared),
             bells: Arc::clone(&bells),
+            doorbell: Arc::clone(&doorbell),
             commands: commands_rx,
             network: network_rx,
             storage_events: events_rx,
@@ -231,6 +235,7 @@ impl Spaxos {
             stop: stop_tx,
             shared,
             bells,
+            doorbell,
             transport,
             threads: Mutex::new(threads),
             stopping: AtomicBool::new(false),
@@ -350,7 +355,10 @@ impl Spaxos {
             }
         };
         match sent {
-            Ok(()) => Ok(ProposalHandle { reqid, receiver }),
+            Ok(()) => {
+                self.inner.doorbell.queued(&self.inner.commands);
+                Ok(ProposalHandle { reqid, receiver })
+            }
             Err(Some(busy)) => Err(busy),
             Err(None) => Err(self.propose_stopped()),
         }

@@ -3,7 +3,9 @@
 //! queue is bounded (STYLE 7); docs/ARCHITECTURE.md ("Threads and queues")
 //! draws them.
 
-use crossbeam_channel::Sender;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
 use spaxos_core::{
     ChosenItem, Index, Message, Outcome, ReadRequest, Record, RecoveredState, Value,
 };
@@ -34,6 +36,65 @@ pub(crate) const GROUP_COMMIT_INPUTS_MAX: usize = STORAGE_QUEUE_MAX * 2;
 
 const _: () = assert!(STORAGE_QUEUE_MAX > 0 && COMMAND_QUEUE_MAX > 0);
 const _: () = assert!(GROUP_COMMIT_INPUTS_MAX >= STORAGE_QUEUE_MAX);
+
+/// Lets the SMT sleep through proposals it is gathering
+/// (`state_machine::Gather`) until enough are queued, instead of being woken
+/// by each.
+///
+/// While it holds proposals for `n` proposers still expected back, the SMT
+/// waits on the bell and not on the command queue itself; a submitter that
+/// finds `n` or more commands queued after its own rings it. Without this,
+/// each returning proposer's send woke the SMT for one command (a system
+/// call for the proposer, a switch for the SMT), and the SMT's brief rounds
+/// took a core the returning proposers needed.
+pub(crate) struct Doorbell {
+    /// Queued commands at which to ring; `usize::MAX` when the SMT waits on
+    /// the queue itself.
+    wanted: AtomicUsize,
+    ring: Sender<()>,
+    rung: Receiver<()>,
+}
+
+impl Doorbell {
+    pub(crate) fn new() -> Doorbell {
+        let (ring, rung) = bounded(1);
+        Doorbell {
+            wanted: AtomicUsize::new(usize::MAX),
+            ring,
+            rung,
+        }
+    }
+
+    /// Submitter side, after it queued a command on `queue`.
+    pub(crate) fn queued(&self, queue: &Sender<Command>) {
+        // Pairs with the fence in `expect`: either the SMT sees this
+        // command in the queue's length, or this sees its `wanted`.
+        fence(Ordering::SeqCst);
+        if queue.len() >= self.wanted.load(Ordering::Relaxed) {
+            // Full means already rung: the SMT wakes once either way.
+            let _ = self.ring.try_send(());
+        }
+    }
+
+    /// SMT side, before it sleeps: ring once `count` commands are queued.
+    /// True if that many are queued already (then it need not sleep).
+    pub(crate) fn expect(&self, count: usize, queue: &Receiver<Command>) -> bool {
+        self.wanted.store(count, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        queue.len() >= count
+    }
+
+    /// SMT side, awake again: the queue's own wake-ups are back in use.
+    pub(crate) fn clear(&self) {
+        self.wanted.store(usize::MAX, Ordering::Relaxed);
+        while self.rung.try_recv().is_ok() {}
+    }
+
+    /// What the SMT selects on while it expects commands.
+    pub(crate) fn rung(&self) -> &Receiver<()> {
+        &self.rung
+    }
+}
 
 /// The reply to one proposal.
 pub(crate) type ProposalReply = SlotSender<Result<Outcome, ProposalError>>;
@@ -125,4 +186,97 @@ pub(crate) enum StorageEvent {
     },
     /// A write failed and storage could not be recovered: the node stops.
     Failed { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn command() -> Command {
+        Command::Subscribe {
+            items: bounded(1).0,
+        }
+    }
+
+    fn rung(doorbell: &Doorbell) -> bool {
+        doorbell.rung().try_recv().is_ok()
+    }
+
+    #[test]
+    fn rings_only_while_expecting_and_once_enough_are_queued() {
+        let (queue, taken) = bounded(16);
+        let doorbell = Doorbell::new();
+        for _ in 0..4 {
+            queue.send(command()).unwrap();
+            doorbell.queued(&queue);
+        }
+        assert!(
+            !rung(&doorbell),
+            "no one expects: the queue's own wake-ups serve"
+        );
+        while taken.try_recv().is_ok() {}
+
+        assert!(!doorbell.expect(3, &taken));
+        for expected_ring in [false, false, true] {
+            queue.send(command()).unwrap();
+            doorbell.queued(&queue);
+            assert_eq!(rung(&doorbell), expected_ring);
+        }
+        assert!(doorbell.expect(3, &taken), "three are queued already");
+        doorbell.clear();
+        queue.send(command()).unwrap();
+        doorbell.queued(&queue);
+        assert!(!rung(&doorbell), "cleared");
+    }
+
+    #[test]
+    fn clear_drops_a_ring_that_came_too_late() {
+        let (queue, taken) = bounded(4);
+        let doorbell = Doorbell::new();
+        assert!(!doorbell.expect(1, &taken));
+        queue.send(command()).unwrap();
+        doorbell.queued(&queue);
+        doorbell.clear();
+        assert!(!rung(&doorbell));
+    }
+
+    /// A submitter and a waiter race: every wait for `count` queued commands
+    /// ends with a ring (or finds them queued), never a lost ring.
+    #[test]
+    fn no_ring_is_lost_under_a_race() {
+        const TOTAL: usize = 20_000;
+        let (queue, taken) = bounded(64);
+        let doorbell = std::sync::Arc::new(Doorbell::new());
+        let submitter = {
+            let doorbell = std::sync::Arc::clone(&doorbell);
+            std::thread::spawn(move || {
+                for i in 0..TOTAL {
+                    queue.send(command()).unwrap();
+                    doorbell.queued(&queue);
+                    if i % 7 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        };
+        let mut received = 0;
+        while received < TOTAL {
+            let count = (TOTAL - received).min(1 + received % 5);
+            if !doorbell.expect(count, &taken) {
+                // A ring may be stale (early); a lost one leaves `count`
+                // queued and the wait timed out.
+                let woke = doorbell.rung().recv_timeout(Duration::from_secs(10));
+                assert!(
+                    woke.is_ok() || taken.len() < count,
+                    "{count} commands queued and no ring (after {received})"
+                );
+            }
+            doorbell.clear();
+            while taken.try_recv().is_ok() {
+                received += 1;
+            }
+        }
+        submitter.join().unwrap();
+    }
 }

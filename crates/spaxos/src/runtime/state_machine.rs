@@ -22,7 +22,10 @@ use spaxos_core::{
 use tracing::{debug, error, info, warn};
 
 use super::error::{Error, ProposalError};
-use super::queues::{Command, Job, ProposalReply, StorageEvent, StorageInput, ROUND_INPUTS_MAX};
+use super::queues::{
+    Command, Doorbell, Job, ProposalReply, StorageEvent, StorageInput, COMMAND_QUEUE_MAX,
+    ROUND_INPUTS_MAX,
+};
 use super::slot::{Bells, Rings};
 use super::status::{Counters, Shared};
 use crate::transport::TransportHandle;
@@ -118,6 +121,8 @@ pub(crate) struct StateMachine {
     pub shared: Arc<Shared>,
     /// Where this node's proposers wait (`slot.rs`).
     bells: Arc<Bells>,
+    /// Rung by proposers once those a hold awaits are queued.
+    doorbell: Arc<Doorbell>,
     pub commands: Receiver<Command>,
     pub network: Receiver<Message>,
     pub storage_events: Receiver<StorageEvent>,
@@ -163,6 +168,7 @@ pub(crate) struct StateMachineParts {
     pub transport: Arc<TransportHandle>,
     pub shared: Arc<Shared>,
     pub bells: Arc<Bells>,
+    pub doorbell: Arc<Doorbell>,
     pub commands: Receiver<Command>,
     pub network: Receiver<Message>,
     pub storage_events: Receiver<StorageEvent>,
@@ -185,6 +191,7 @@ impl StateMachine {
             transport: parts.transport,
             shared: parts.shared,
             bells: parts.bells,
+            doorbell: parts.doorbell,
             commands: parts.commands,
             network: parts.network,
             storage_events: parts.storage_events,
@@ -245,8 +252,25 @@ impl StateMachine {
     /// Blocks for the next input, or until `deadline` (then None). When
     /// several are ready, `select!` picks one at random; the rest of the
     /// round then takes queued inputs in priority order (`try_input`).
+    ///
+    /// While proposals are held (`deadline` set) it does not wake for each
+    /// command but once the awaited proposers' commands are all queued
+    /// ([`Doorbell`]); other inputs wake it as usual. A command other than
+    /// a proposal (a subscription, a checkpoint) may then wait for the end
+    /// of the hold, at most `propose_gather_us`.
     fn wait_input(&self, deadline: Option<Instant>) -> Option<Input> {
         let timeout = deadline.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+        let expecting = deadline.is_some();
+        if expecting {
+            // Never more than the queue holds, or no one could ring.
+            let count = self.gather.awaited.clamp(1, COMMAND_QUEUE_MAX / 2);
+            if self.doorbell.expect(count, &self.commands) {
+                self.doorbell.clear();
+                return self.try_input();
+            }
+        }
+        let never = crossbeam_channel::never();
+        let commands = if expecting { &never } else { &self.commands };
         let input = select! {
             recv(self.storage_events) -> event => match event {
                 Ok(event) => Input::Event(event),
@@ -261,13 +285,23 @@ impl StateMachine {
                 // at shutdown.
                 Err(_) => Input::Stop,
             },
-            recv(self.commands) -> command => match command {
+            recv(commands) -> command => match command {
                 Ok(command) => Input::Command(command),
                 Err(_) => Input::Stop,
             },
             recv(self.ticks) -> _ => Input::Tick,
-            recv(timeout) -> _ => return None,
+            recv(self.doorbell.rung()) -> _ => {
+                self.doorbell.clear();
+                return self.try_input();
+            }
+            recv(timeout) -> _ => {
+                self.doorbell.clear();
+                return None;
+            }
         };
+        if expecting {
+            self.doorbell.clear();
+        }
         Some(input)
     }
 
