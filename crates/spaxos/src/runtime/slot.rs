@@ -2,7 +2,7 @@
 //! with or without a timeout) and awaited from any async runtime.
 //!
 //! `tokio::sync::oneshot` panics when `blocking_recv` runs inside a tokio
-//! runtime and has no blocking wait with a timeout; a mutex, a condvar and a
+//! runtime and has no blocking wait with a timeout; a mutex, a futex and a
 //! waker give all three without that trap.
 //!
 //! Blocked receivers sleep on one of a few shared [`Bells`] lanes (a futex
@@ -37,7 +37,10 @@ pub(crate) struct Bells {
     round: AtomicUsize,
 }
 
+/// One cache line each: lanes of different rounds are rung and slept on
+/// from both cores at once.
 #[derive(Default)]
+#[repr(align(64))]
 struct Lane {
     /// Bumped by every ring; receivers sleep while it holds what they saw
     /// before they last found their slot empty.

@@ -249,7 +249,8 @@ impl StateMachine {
         self.finish();
     }
 
-    /// Blocks for the next input, or until `deadline` (then None). When
+    /// Blocks for the next input, or until `deadline` (then None; also
+    /// None when a doorbell rung early finds nothing queued yet). When
     /// several are ready, `select!` picks one at random; the rest of the
     /// round then takes queued inputs in priority order (`try_input`).
     ///
