@@ -37,10 +37,7 @@ pub(crate) struct Bells {
     round: AtomicUsize,
 }
 
-/// One cache line each: lanes of different rounds are rung and slept on
-/// from both cores at once.
 #[derive(Default)]
-#[repr(align(64))]
 struct Lane {
     /// Bumped by every ring; receivers sleep while it holds what they saw
     /// before they last found their slot empty.
