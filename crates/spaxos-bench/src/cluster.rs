@@ -410,6 +410,9 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         "ops_per_sec": ok as f64 / secs,
         "p50_us": histogram.value_at_quantile(0.50) as f64 / 1000.0,
         "p99_us": histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        // The tail a stall (a segment created, a slow flush) shows in.
+        "p999_us": histogram.value_at_quantile(0.999) as f64 / 1000.0,
+        "max_us": histogram.max() as f64 / 1000.0,
         "errors": errors.load(Ordering::Relaxed),
         "fsync_p50_us": fsync_p50,
         "rtt_p50_us": rtt_p50,

@@ -509,3 +509,82 @@ fn syncs_count_only_writes_that_synced() {
     drop(store);
     assert_eq!(open(dir.path(), small_options()).syncs(), Some(0));
 }
+
+/// Waits until `path` exists with `len` bytes (a spare segment finished by
+/// its helper thread), at most 10 s.
+fn wait_for_file(path: &Path, len: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fs::metadata(path).map(|m| m.len()).ok() != Some(len) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never reached {len} bytes",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Past half a segment the next one is prepared off the writing thread
+/// (`spare.tmp`, zero-filled and synced); the switch gives it a header and
+/// its name, and everything written reads back after a reopen.
+#[test]
+fn the_next_segment_is_prepared_ahead_and_taken_at_the_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions {
+        segment_bytes_max: 64 << 10,
+        preallocate: Preallocate::ZeroFill,
+    };
+    let spare = dir.path().join("spare.tmp");
+    let mut store = open(dir.path(), options);
+    let mut k = 0;
+    while !spare.exists() {
+        k += 1;
+        store.write(&test_batch(k)).unwrap();
+        assert_eq!(
+            segment_files(dir.path()).len(),
+            1,
+            "spare not started by mid-segment"
+        );
+    }
+    wait_for_file(&spare, options.segment_bytes_max);
+    while segment_files(dir.path()).len() == 1 {
+        k += 1;
+        store.write(&test_batch(k)).unwrap();
+    }
+    assert!(!spare.exists(), "the spare became the new segment");
+    let segments = segment_files(dir.path());
+    assert_eq!(
+        fs::metadata(&segments[1]).unwrap().len(),
+        options.segment_bytes_max
+    );
+    // The second switch takes a spare too.
+    while segment_files(dir.path()).len() == 2 {
+        k += 1;
+        store.write(&test_batch(k)).unwrap();
+    }
+    drop(store);
+    assert!(!spare.exists(), "no spare is left after a close");
+    let store = open(dir.path(), options);
+    assert_eq!(segment_files(dir.path()).len(), 3);
+    let chosen = store.chosen_range(1, k, usize::MAX).unwrap();
+    assert_eq!(chosen.len() as u64, k);
+    for (i, (index, held)) in chosen.into_iter().enumerate() {
+        assert_eq!((index, held), (i as u64 + 1, value(i as u64 + 1, 40)));
+    }
+}
+
+/// A spare left by a crash (here: any bytes under its name) is removed at
+/// open and never read as a segment.
+#[test]
+fn a_leftover_spare_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options();
+    let mut store = open(dir.path(), options);
+    store.write(&test_batch(1)).unwrap();
+    drop(store);
+    let spare = dir.path().join("spare.tmp");
+    fs::write(&spare, b"not a segment").unwrap();
+    let store = open(dir.path(), options);
+    assert!(!spare.exists());
+    assert_eq!(store.chosen(1).unwrap(), Some(value(1, 40)));
+}
