@@ -10,7 +10,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -169,42 +169,60 @@ pub struct DiskStorage {
 struct Spare {
     ready: mpsc::Receiver<Result<File, StorageError>>,
     thread: JoinHandle<()>,
-    /// Set when the segment is needed: the helper stops pausing.
-    hurry: Arc<AtomicBool>,
+    /// Set when the segment is needed (the helper stops pausing) or will
+    /// never be (it stops).
+    pace: Arc<AtomicU8>,
 }
+
+/// `Spare::pace`: take your time, finish at once, or give up.
+const SPARE_PACED: u8 = 0;
+const SPARE_HURRY: u8 = 1;
+const SPARE_ABANDON: u8 = 2;
 
 impl Spare {
     /// The prepared file, waiting for it if needed; None if preparing it
     /// failed (the caller creates the segment itself, and reports its
     /// error if it fails again).
     fn take(self, dir: &Path) -> Option<File> {
-        self.hurry.store(true, Ordering::Relaxed);
+        self.pace.store(SPARE_HURRY, Ordering::Relaxed);
         let result = self.ready.recv();
         let _ = self.thread.join();
         match result {
             Ok(Ok(file)) => Some(file),
-            Ok(Err(error)) => {
-                tracing::warn!(dir = %dir.display(), %error, "could not prepare the next segment ahead");
+            failed => {
+                if let Ok(Err(error)) = failed {
+                    tracing::warn!(dir = %dir.display(), %error, "could not prepare the next segment ahead");
+                }
+                // Its space may be what the segment made in its place needs
+                // (a full disk).
+                let _ = fs::remove_file(dir.join(SPARE_FILE));
                 None
             }
-            Err(_) => None,
         }
+    }
+
+    /// Stops the helper (no wait for the rest of the segment) and removes
+    /// what it wrote.
+    fn abandon(self, dir: &Path) {
+        self.pace.store(SPARE_ABANDON, Ordering::Relaxed);
+        let _ = self.thread.join();
+        let _ = fs::remove_file(dir.join(SPARE_FILE));
     }
 }
 
 /// Creates `path` with the whole segment's space (header included, written
 /// later) and syncs it.
 ///
-/// Zeros go in small synced steps with a pause after each, unless `hurry`
-/// is set. Written and synced in one go, the 64 MiB held up the log's
-/// flushes until they were on the disk; with every node of a 3-node
-/// cluster on one disk (the benchmark) the longest proposal of a 20-second
-/// run went from ~270 ms inline to 60 ms, and to 7–8 ms in steps
-/// (docs/STORAGE.md).
+/// Zeros go in small synced steps with a pause after each, unless `pace`
+/// says hurry (then unsynced until the end) or abandon (then it stops).
+/// Written and synced in one go, the 64 MiB held up the log's flushes
+/// until they were on the disk; with every node of a 3-node cluster on one
+/// disk (the benchmark) the longest proposal of a 20-second run went from
+/// ~300 ms inline to 50–65 ms, and to 9–29 ms in steps (docs/STORAGE.md).
 fn prepare_spare(
     path: &Path,
     options: &DiskOptions,
-    hurry: &AtomicBool,
+    pace: &AtomicU8,
 ) -> Result<File, StorageError> {
     let file = OpenOptions::new()
         .read(true)
@@ -221,10 +239,14 @@ fn prepare_spare(
             file.write_all_at(&zeros[..n], at)
                 .map_err(|e| StorageError::io(path, "preallocate (zero fill)", e))?;
             at += n as u64;
-            if !hurry.load(Ordering::Relaxed) {
-                file.sync_data()
-                    .map_err(|e| StorageError::io(path, "fdatasync", e))?;
-                std::thread::sleep(SPARE_STEP_PAUSE);
+            match pace.load(Ordering::Relaxed) {
+                SPARE_PACED => {
+                    file.sync_data()
+                        .map_err(|e| StorageError::io(path, "fdatasync", e))?;
+                    std::thread::sleep(SPARE_STEP_PAUSE);
+                }
+                SPARE_HURRY => {}
+                _ => return Err(StorageError::invalid("spare segment abandoned")),
             }
         }
     } else {
@@ -258,9 +280,7 @@ impl Drop for DiskStorage {
         // The directory lock is released after this: no helper may still
         // write in it.
         if let Some(spare) = self.spare.take() {
-            spare.hurry.store(true, Ordering::Relaxed);
-            let _ = spare.thread.join();
-            let _ = fs::remove_file(self.dir.join(SPARE_FILE));
+            spare.abandon(&self.dir);
         }
     }
 }
@@ -561,19 +581,19 @@ impl DiskStorage {
         let path = self.dir.join(SPARE_FILE);
         let options = self.options;
         let (done, ready) = mpsc::sync_channel(1);
-        let hurry = Arc::new(AtomicBool::new(false));
-        let helper_hurry = Arc::clone(&hurry);
+        let pace = Arc::new(AtomicU8::new(SPARE_PACED));
+        let helper_pace = Arc::clone(&pace);
         let spawned = std::thread::Builder::new()
             .name("spaxos-spare".to_string())
             .spawn(move || {
-                let _ = done.send(prepare_spare(&path, &options, &helper_hurry));
+                let _ = done.send(prepare_spare(&path, &options, &helper_pace));
             });
         match spawned {
             Ok(thread) => {
                 self.spare = Some(Spare {
                     ready,
                     thread,
-                    hurry,
+                    pace,
                 })
             }
             // The switch then prepares the segment itself, as without a helper.

@@ -558,7 +558,18 @@ fn the_next_segment_is_prepared_ahead_and_taken_at_the_switch() {
         options.segment_bytes_max
     );
     // The second switch takes a spare too.
+    while !spare.exists() {
+        k += 1;
+        store.write(&test_batch(k)).unwrap();
+    }
+    wait_for_file(&spare, options.segment_bytes_max);
     while segment_files(dir.path()).len() == 2 {
+        k += 1;
+        store.write(&test_batch(k)).unwrap();
+    }
+    assert!(!spare.exists(), "the second spare became the third segment");
+    // A spare still being prepared when the store closes is removed.
+    while !spare.exists() {
         k += 1;
         store.write(&test_batch(k)).unwrap();
     }

@@ -241,42 +241,56 @@ mod tests {
         assert!(!rung(&doorbell));
     }
 
-    /// A submitter and a waiter race: every wait for `count` queued commands
-    /// ends with a ring (or finds them queued), never a lost ring.
+    /// A submitter and a waiter race, round by round: the waiter lets the
+    /// submitter send exactly `count` commands and expects them at the same
+    /// moment, so a ring lost in the race is never covered by a later send.
     #[test]
     fn no_ring_is_lost_under_a_race() {
-        const TOTAL: usize = 20_000;
+        const ROUNDS: usize = 5_000;
         let (queue, taken) = bounded(64);
         let doorbell = std::sync::Arc::new(Doorbell::new());
+        let (go, gone) = bounded::<usize>(1);
         let submitter = {
             let doorbell = std::sync::Arc::clone(&doorbell);
             std::thread::spawn(move || {
-                for i in 0..TOTAL {
-                    queue.send(command()).unwrap();
-                    doorbell.queued(&queue);
-                    if i % 7 == 0 {
-                        std::thread::yield_now();
+                while let Ok(count) = gone.recv() {
+                    for _ in 0..count {
+                        queue.send(command()).unwrap();
+                        doorbell.queued(&queue);
                     }
                 }
             })
         };
-        let mut received = 0;
-        while received < TOTAL {
-            let count = (TOTAL - received).min(1 + received % 5);
+        for round in 0..ROUNDS {
+            let count = 1 + round % 4;
+            go.send(count).unwrap();
+            match round % 3 {
+                // All sent before the waiter expects them: no one rings.
+                0 => {
+                    while taken.len() < count {
+                        std::thread::yield_now();
+                    }
+                }
+                1 => std::thread::yield_now(),
+                _ => {}
+            }
             if !doorbell.expect(count, &taken) {
-                // A ring may be stale (early); a lost one leaves `count`
-                // queued and the wait timed out.
+                // Stale rings are drained by `clear`; this one is ours or
+                // the count is already queued.
                 let woke = doorbell.rung().recv_timeout(Duration::from_secs(10));
                 assert!(
-                    woke.is_ok() || taken.len() < count,
-                    "{count} commands queued and no ring (after {received})"
+                    woke.is_ok(),
+                    "round {round}: {count} commands sent and no ring"
                 );
             }
             doorbell.clear();
-            while taken.try_recv().is_ok() {
-                received += 1;
+            for _ in 0..count {
+                taken
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("the submitter sends every command");
             }
         }
+        drop(go);
         submitter.join().unwrap();
     }
 }

@@ -131,12 +131,17 @@ pub(crate) struct Rings {
 const _: () = assert!(LANES <= u32::BITS as usize);
 
 impl Rings {
-    /// Wakes the receivers of every slot filled into this batch.
-    pub(crate) fn ring(self) {
-        let Some(bells) = self.bells else {
+    /// Wakes the receivers of every slot filled into this batch (as does
+    /// dropping it: a filled slot is never left unrung).
+    pub(crate) fn ring(self) {}
+}
+
+impl Drop for Rings {
+    fn drop(&mut self) {
+        let Some(bells) = self.bells.take() else {
             return;
         };
-        let mut lanes = self.lanes;
+        let mut lanes = std::mem::take(&mut self.lanes);
         while lanes != 0 {
             let lane = lanes.trailing_zeros() as usize;
             lanes &= lanes - 1;
@@ -414,7 +419,9 @@ mod tests {
         until_asleep(&bells, 0, 2);
         first_tx.send(1u32);
         assert!(matches!(first.join(), Received::Value(1)));
-        // The second receiver was woken by that ring and found nothing.
+        // That ring woke the second receiver too (one futex wake for the
+        // lane); whether or not it has run yet, it must not return without
+        // its own value.
         until_asleep(&bells, 0, 1);
         assert!(second.still_waiting());
         second_tx.send(2);
@@ -480,5 +487,17 @@ mod tests {
             (one, other),
             (Received::Value(1), Received::Value(2))
         ));
+    }
+
+    #[test]
+    fn dropped_rings_still_wake() {
+        let bells = Bells::new();
+        let (tx, rx) = slot(&bells);
+        let blocked = waiter(rx, None);
+        until_asleep(&bells, 0, 1);
+        let mut rings = Rings::default();
+        tx.send_batched(5u32, &mut rings);
+        drop(rings);
+        assert!(matches!(blocked.join(), Received::Value(5)));
     }
 }
