@@ -34,6 +34,12 @@ pub struct ClusterArgs {
     /// Client threads, each with one proposal outstanding.
     #[arg(long, default_value_t = 64)]
     clients: u64,
+    /// Open loop instead: propose at this many proposals per second
+    /// whatever the latency (one issuing thread, outcomes awaited on a
+    /// tokio runtime), timing each from when it was due, so a stall shows
+    /// in every proposal that was due during it. `--clients` is ignored.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Payload bytes per proposal.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
@@ -227,6 +233,12 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
     if args.clients == 0 {
         return Err("--clients must be positive".into());
     }
+    if args
+        .rate
+        .is_some_and(|rate| !(rate.is_finite() && rate > 0.0))
+    {
+        return Err("--rate must be a positive number of proposals per second".into());
+    }
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
         .prefix("spaxos-bench-cluster")
@@ -259,7 +271,76 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
     let metrics_before: Vec<Metrics> = nodes.iter().map(|n| n.metrics()).collect();
     let start = Instant::now();
     let mut threads = Vec::new();
+    // Open loop: where the outcomes are awaited.
+    let mut completions = None;
+    if let Some(rate) = args.rate {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bench-outcomes")
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let handle = runtime.handle().clone();
+        completions = Some(runtime);
+        let (nodes, stop, issued, chosen, histogram, errors, max_index, finished_ns) = (
+            nodes.clone(),
+            stop.clone(),
+            issued.clone(),
+            chosen.clone(),
+            histogram.clone(),
+            errors.clone(),
+            max_index.clone(),
+            finished_ns.clone(),
+        );
+        let payload = payload.clone();
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        threads.push(std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < limit {
+                let due = start + interval.mul_f64(n as f64);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                // Every proposal already due goes now (the sleep is coarser
+                // than the interval at high rates).
+                while n < limit && start + interval.mul_f64(n as f64) <= Instant::now() {
+                    let due = start + interval.mul_f64(n as f64);
+                    n += 1;
+                    issued.fetch_add(1, Ordering::Relaxed);
+                    let value = Bytes::copy_from_slice(&payload);
+                    let proposal = nodes[leader].propose(n, value);
+                    let (chosen, histogram, errors, max_index, finished_ns) = (
+                        chosen.clone(),
+                        histogram.clone(),
+                        errors.clone(),
+                        max_index.clone(),
+                        finished_ns.clone(),
+                    );
+                    handle.spawn(async move {
+                        let outcome = match proposal {
+                            Ok(proposal) => proposal.await,
+                            Err(_) => Err(spaxos::ProposalError::Timeout),
+                        };
+                        if let Ok(Outcome::Chosen { index }) = outcome {
+                            let latency = due.elapsed().as_nanos() as u64;
+                            if let Ok(mut histogram) = histogram.lock() {
+                                let _ = histogram.record(latency);
+                            }
+                            chosen.fetch_add(1, Ordering::Relaxed);
+                            max_index.fetch_max(index, Ordering::Relaxed);
+                        } else {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        finished_ns.fetch_max(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    });
+                }
+            }
+        }));
+    }
     for client in 0..args.clients {
+        if args.rate.is_some() {
+            break;
+        }
         let (nodes, stop, issued, chosen, histogram, errors, max_index, finished_ns) = (
             nodes.clone(),
             stop.clone(),
@@ -360,6 +441,19 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         t.join()
             .map_err(|_| "a client thread panicked".to_string())?;
     }
+    if let Some(runtime) = completions {
+        // Every issued proposal's outcome, before the counts are read.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while chosen.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed)
+            < issued.load(Ordering::Relaxed)
+        {
+            if Instant::now() > deadline {
+                return Err("open-loop proposals still pending 30 s after the run".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        runtime.shutdown_background();
+    }
     let secs = Duration::from_nanos(finished_ns.load(Ordering::Relaxed))
         .as_secs_f64()
         .max(f64::MIN_POSITIVE);
@@ -402,7 +496,8 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         "nodes": 3,
         "n": ok,
         "value_size": args.value_size,
-        "clients": args.clients,
+        "clients": if args.rate.is_some() { 0 } else { args.clients },
+        "rate": args.rate,
         "target": format!("{:?}", args.target).to_lowercase(),
         "accepts_before_persist": args.accepts_before_persist,
         "propose_gather_us": args.propose_gather_us,
