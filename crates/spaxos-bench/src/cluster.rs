@@ -229,6 +229,63 @@ fn digest(node: &Spaxos, through: u64) -> Result<Digest, String> {
     Ok(digest)
 }
 
+/// Latencies in ns, up to two minutes.
+fn latency_histogram() -> Result<Histogram<u64>, String> {
+    Histogram::new_with_bounds(1, 120_000_000_000, 3).map_err(|e| e.to_string())
+}
+
+/// What the load's threads count, shared by all of them.
+struct Tally {
+    start: Instant,
+    /// Proposals issued; the closed loop's clients take their reqids from it.
+    issued: AtomicU64,
+    chosen: AtomicU64,
+    errors: AtomicU64,
+    max_index: AtomicU64,
+    /// When the last proposal finished (ns after `start`): the run's
+    /// length. The main loop notices the end only at its next 50 ms poll,
+    /// which would add up to 50 ms to a run of about a second.
+    last_finished_ns: AtomicU64,
+    /// Every chosen proposal's latency.
+    latencies: Mutex<Histogram<u64>>,
+}
+
+impl Tally {
+    fn new() -> Result<Tally, String> {
+        Ok(Tally {
+            start: Instant::now(),
+            issued: AtomicU64::new(0),
+            chosen: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            max_index: AtomicU64::new(0),
+            last_finished_ns: AtomicU64::new(0),
+            latencies: Mutex::new(latency_histogram()?),
+        })
+    }
+
+    /// One proposal finished with `outcome` (None: an error); a chosen
+    /// one's latency goes to `latencies`.
+    fn count(&self, outcome: Option<Outcome>, latency: Duration, latencies: &mut Histogram<u64>) {
+        match outcome {
+            Some(Outcome::Chosen { index }) => {
+                let _ = latencies.record(latency.as_nanos() as u64);
+                self.chosen.fetch_add(1, Ordering::Relaxed);
+                self.max_index.fetch_max(index, Ordering::Relaxed);
+            }
+            _ => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.last_finished_ns
+            .fetch_max(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Proposals with an outcome, chosen or not.
+    fn finished(&self) -> u64 {
+        self.chosen.load(Ordering::Relaxed) + self.errors.load(Ordering::Relaxed)
+    }
+}
+
 pub fn run(args: &ClusterArgs) -> Result<(), String> {
     if args.clients == 0 {
         return Err("--clients must be positive".into());
@@ -252,24 +309,14 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
 
     let payload = vec![b'x'; args.value_size];
     let stop = Arc::new(AtomicBool::new(false));
-    let issued = Arc::new(AtomicU64::new(0));
-    let chosen = Arc::new(AtomicU64::new(0));
-    let histogram = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 120_000_000_000, 3).map_err(|e| e.to_string())?,
-    ));
-    let errors = Arc::new(AtomicU64::new(0));
-    let max_index = Arc::new(AtomicU64::new(0));
-    // When the last proposal finished (ns after `start`): the run's length.
-    // The loop below notices the end only at its next 50 ms poll, which
-    // would add up to 50 ms to a run of about a second.
-    let finished_ns = Arc::new(AtomicU64::new(0));
     let limit = if args.secs.is_some() {
         u64::MAX
     } else {
         args.n
     };
     let metrics_before: Vec<Metrics> = nodes.iter().map(|n| n.metrics()).collect();
-    let start = Instant::now();
+    let tally = Arc::new(Tally::new()?);
+    let start = tally.start;
     let mut threads = Vec::new();
     // Open loop: where the outcomes are awaited.
     let mut completions = None;
@@ -281,110 +328,70 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
             .map_err(|e| format!("tokio runtime: {e}"))?;
         let handle = runtime.handle().clone();
         completions = Some(runtime);
-        let (nodes, stop, issued, chosen, histogram, errors, max_index, finished_ns) = (
-            nodes.clone(),
-            stop.clone(),
-            issued.clone(),
-            chosen.clone(),
-            histogram.clone(),
-            errors.clone(),
-            max_index.clone(),
-            finished_ns.clone(),
-        );
-        let payload = payload.clone();
+        let (nodes, stop, tally, payload) =
+            (nodes.clone(), stop.clone(), tally.clone(), payload.clone());
         let interval = Duration::from_secs_f64(1.0 / rate);
+        let due = move |n: u64| start + interval.mul_f64(n as f64);
         threads.push(std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) && n < limit {
-                let due = start + interval.mul_f64(n as f64);
                 let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
+                if due(n) > now {
+                    std::thread::sleep(due(n) - now);
                 }
                 // Every proposal already due goes now (the sleep is coarser
                 // than the interval at high rates).
-                while n < limit && start + interval.mul_f64(n as f64) <= Instant::now() {
-                    let due = start + interval.mul_f64(n as f64);
+                while n < limit && due(n) <= Instant::now() {
+                    let due = due(n);
                     n += 1;
-                    issued.fetch_add(1, Ordering::Relaxed);
-                    let value = Bytes::copy_from_slice(&payload);
-                    let proposal = nodes[leader].propose(n, value);
-                    let (chosen, histogram, errors, max_index, finished_ns) = (
-                        chosen.clone(),
-                        histogram.clone(),
-                        errors.clone(),
-                        max_index.clone(),
-                        finished_ns.clone(),
-                    );
+                    tally.issued.fetch_add(1, Ordering::Relaxed);
+                    let proposal = nodes[leader].propose(n, Bytes::copy_from_slice(&payload));
+                    let tally = tally.clone();
                     handle.spawn(async move {
                         let outcome = match proposal {
-                            Ok(proposal) => proposal.await,
-                            Err(_) => Err(spaxos::ProposalError::Timeout),
+                            Ok(proposal) => proposal.await.ok(),
+                            Err(_) => None,
                         };
-                        if let Ok(Outcome::Chosen { index }) = outcome {
-                            let latency = due.elapsed().as_nanos() as u64;
-                            if let Ok(mut histogram) = histogram.lock() {
-                                let _ = histogram.record(latency);
-                            }
-                            chosen.fetch_add(1, Ordering::Relaxed);
-                            max_index.fetch_max(index, Ordering::Relaxed);
-                        } else {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        finished_ns.fetch_max(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        let latency = due.elapsed();
+                        let mut latencies =
+                            tally.latencies.lock().unwrap_or_else(|e| e.into_inner());
+                        tally.count(outcome, latency, &mut latencies);
                     });
                 }
             }
         }));
-    }
-    for client in 0..args.clients {
-        if args.rate.is_some() {
-            break;
+    } else {
+        for client in 0..args.clients {
+            let (nodes, stop, tally, payload) =
+                (nodes.clone(), stop.clone(), tally.clone(), payload.clone());
+            let target = match args.target {
+                Target::Leader => leader,
+                Target::All => client as usize % nodes.len(),
+            };
+            threads.push(std::thread::spawn(move || {
+                let mut latencies = latency_histogram().expect("histogram bounds");
+                while !stop.load(Ordering::Relaxed) {
+                    let n = tally.issued.fetch_add(1, Ordering::Relaxed);
+                    if n >= limit {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let value = Bytes::copy_from_slice(&payload);
+                    let outcome = nodes[target].propose(n + 1, value).map(|h| h.wait());
+                    tally.count(
+                        outcome.ok().and_then(Result::ok),
+                        t.elapsed(),
+                        &mut latencies,
+                    );
+                }
+                tally
+                    .latencies
+                    .lock()
+                    .expect("histogram lock")
+                    .add(&latencies)
+                    .expect("same bounds");
+            }));
         }
-        let (nodes, stop, issued, chosen, histogram, errors, max_index, finished_ns) = (
-            nodes.clone(),
-            stop.clone(),
-            issued.clone(),
-            chosen.clone(),
-            histogram.clone(),
-            errors.clone(),
-            max_index.clone(),
-            finished_ns.clone(),
-        );
-        let payload = payload.clone();
-        let target = match args.target {
-            Target::Leader => leader,
-            Target::All => client as usize % nodes.len(),
-        };
-        threads.push(std::thread::spawn(move || {
-            let mut local =
-                Histogram::<u64>::new_with_bounds(1, 120_000_000_000, 3).expect("histogram bounds");
-            while !stop.load(Ordering::Relaxed) {
-                let n = issued.fetch_add(1, Ordering::Relaxed);
-                if n >= limit {
-                    break;
-                }
-                let reqid = n + 1;
-                let t = Instant::now();
-                let value = Bytes::copy_from_slice(&payload);
-                match nodes[target].propose(reqid, value).map(|h| h.wait()) {
-                    Ok(Ok(Outcome::Chosen { index })) => {
-                        let _ = local.record(t.elapsed().as_nanos() as u64);
-                        chosen.fetch_add(1, Ordering::Relaxed);
-                        max_index.fetch_max(index, Ordering::Relaxed);
-                    }
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                finished_ns.fetch_max(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            }
-            histogram
-                .lock()
-                .expect("histogram lock")
-                .add(&local)
-                .expect("same bounds");
-        }));
     }
     let mut checkpointed = 0u64;
     let secs_limit = args.secs.map(Duration::from_secs_f64);
@@ -416,7 +423,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         }
         let done = match secs_limit {
             Some(limit) => start.elapsed() >= limit,
-            None => chosen.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) >= args.n,
+            None => tally.finished() >= args.n,
         };
         if args.checkpoint_every > 0 {
             let through = nodes
@@ -444,9 +451,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
     if let Some(runtime) = completions {
         // Every issued proposal's outcome, before the counts are read.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while chosen.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed)
-            < issued.load(Ordering::Relaxed)
-        {
+        while tally.finished() < tally.issued.load(Ordering::Relaxed) {
             if Instant::now() > deadline {
                 return Err("open-loop proposals still pending 30 s after the run".into());
             }
@@ -454,14 +459,14 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         }
         runtime.shutdown_background();
     }
-    let secs = Duration::from_nanos(finished_ns.load(Ordering::Relaxed))
+    let secs = Duration::from_nanos(tally.last_finished_ns.load(Ordering::Relaxed))
         .as_secs_f64()
         .max(f64::MIN_POSITIVE);
     let rss_end_kib = rss_kib();
     let cost = Cost::measure(&nodes, &metrics_before, leader);
-    let ok = chosen.load(Ordering::Relaxed);
+    let ok = tally.chosen.load(Ordering::Relaxed);
     // Verify: every node delivers the same log through the highest index.
-    let through = max_index.load(Ordering::Relaxed);
+    let through = tally.max_index.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(30);
     while nodes.iter().any(|n| n.status().chosen_through < through) {
         if Instant::now() > deadline {
@@ -489,7 +494,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         }
         "tail"
     };
-    let histogram = histogram.lock().map_err(|_| "histogram lock")?;
+    let histogram = tally.latencies.lock().map_err(|_| "histogram lock")?;
     let line = serde_json::json!({
         "system": "spaxos",
         "mode": "cluster",
@@ -508,7 +513,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         // The tail a stall (a segment created, a slow flush) shows in.
         "p999_us": histogram.value_at_quantile(0.999) as f64 / 1000.0,
         "max_us": histogram.max() as f64 / 1000.0,
-        "errors": errors.load(Ordering::Relaxed),
+        "errors": tally.errors.load(Ordering::Relaxed),
         "fsync_p50_us": fsync_p50,
         "rtt_p50_us": rtt_p50,
         "rss_start_kib": rss_start_kib,
