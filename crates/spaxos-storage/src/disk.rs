@@ -35,7 +35,6 @@ const TMP_SUFFIX: &str = ".tmp";
 const SPARE_FILE: &str = "spare.tmp";
 /// Segment ids are printed with this many digits, so names sort by id.
 const SEGMENT_ID_DIGITS: usize = 20;
-const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
 /// How new segment files get their space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,17 +173,18 @@ struct Spare {
     pace: Arc<AtomicU8>,
 }
 
-/// `Spare::pace`: take your time, finish at once, or give up.
-const SPARE_PACED: u8 = 0;
-const SPARE_HURRY: u8 = 1;
-const SPARE_ABANDON: u8 = 2;
+/// How `preallocate` goes (`Spare::pace`): take your time, finish at once,
+/// or give up.
+const PACE_PAUSED: u8 = 0;
+const PACE_AT_ONCE: u8 = 1;
+const PACE_ABANDON: u8 = 2;
 
 impl Spare {
     /// The prepared file, waiting for it if needed; None if preparing it
     /// failed (the caller creates the segment itself, and reports its
     /// error if it fails again).
     fn take(self, dir: &Path) -> Option<File> {
-        self.pace.store(SPARE_HURRY, Ordering::Relaxed);
+        self.pace.store(PACE_AT_ONCE, Ordering::Relaxed);
         let result = self.ready.recv();
         let _ = self.thread.join();
         match result {
@@ -204,22 +204,16 @@ impl Spare {
     /// Stops the helper (no wait for the rest of the segment) and removes
     /// what it wrote.
     fn abandon(self, dir: &Path) {
-        self.pace.store(SPARE_ABANDON, Ordering::Relaxed);
+        self.pace.store(PACE_ABANDON, Ordering::Relaxed);
         let _ = self.thread.join();
         let _ = fs::remove_file(dir.join(SPARE_FILE));
     }
 }
 
 /// Creates `path` with the whole segment's space (header included, written
-/// later) and syncs it.
-///
-/// Zeros go in small synced steps with a pause after each, unless `pace`
-/// says hurry (then unsynced until the end) or abandon (then it stops).
-/// Written and synced in one go, the 64 MiB held up the log's flushes
-/// until they were on the disk; with every node of a 3-node cluster on one
-/// disk (the benchmark) the longest proposal of a 20-second run went from
-/// ~300 ms inline to 50–65 ms, and to 9–29 ms in steps (docs/STORAGE.md).
-fn prepare_spare(
+/// later, see `start_segment`) and syncs it, at the `pace` given
+/// (`preallocate`).
+fn create_segment_file(
     path: &Path,
     options: &DiskOptions,
     pace: &AtomicU8,
@@ -230,39 +224,22 @@ fn prepare_spare(
         .create(true)
         .truncate(true)
         .open(path)
-        .map_err(|e| StorageError::io(path, "create spare segment", e))?;
-    if options.preallocate == Preallocate::ZeroFill {
-        let zeros = vec![0u8; SPARE_STEP_BYTES];
-        let mut at = 0;
-        while at < options.segment_bytes_max {
-            let n = (options.segment_bytes_max - at).min(SPARE_STEP_BYTES as u64) as usize;
-            file.write_all_at(&zeros[..n], at)
-                .map_err(|e| StorageError::io(path, "preallocate (zero fill)", e))?;
-            at += n as u64;
-            match pace.load(Ordering::Relaxed) {
-                SPARE_PACED => {
-                    file.sync_data()
-                        .map_err(|e| StorageError::io(path, "fdatasync", e))?;
-                    std::thread::sleep(SPARE_STEP_PAUSE);
-                }
-                SPARE_HURRY => {}
-                _ => return Err(StorageError::invalid("spare segment abandoned")),
-            }
-        }
-    } else {
-        preallocate(&file, path, 0, options)?;
-    }
+        .map_err(|e| StorageError::io(path, "create segment", e))?;
+    preallocate(&file, path, 0, options, pace)?;
     file.sync_all()
         .map_err(|e| StorageError::io(path, "fsync", e))?;
     Ok(file)
 }
 
-/// One step of a spare segment's zeros, and the pause after it: a default
-/// segment takes ~0.8 s (256 steps), while its predecessor's second half
+/// A pace for preallocation done where it is needed: no pauses.
+static AT_ONCE: AtomicU8 = AtomicU8::new(PACE_AT_ONCE);
+
+/// One step of preallocation's zeros, and the pause after it when paced:
+/// a default segment takes ~0.8 s (256 steps), while its predecessor's second half
 /// takes seconds to fill at the rates measured here; a store writing
 /// faster finds the spare unfinished and hurries it.
-const SPARE_STEP_BYTES: usize = 256 << 10;
-const SPARE_STEP_PAUSE: Duration = Duration::from_millis(2);
+const ZERO_STEP_BYTES: usize = 256 << 10;
+const ZERO_STEP_PAUSE: Duration = Duration::from_millis(2);
 
 /// Deferred marks held at most (512 KiB); one more and they are written
 /// at once.
@@ -348,7 +325,7 @@ impl DiskStorage {
                 let segment = &store.segments[&id];
                 let len = file_len(&segment.file, &segment.path)?;
                 if len < options.segment_bytes_max {
-                    preallocate(&segment.file, &segment.path, len, &options)?;
+                    preallocate(&segment.file, &segment.path, len, &options, &AT_ONCE)?;
                     segment
                         .file
                         .sync_all()
@@ -581,12 +558,12 @@ impl DiskStorage {
         let path = self.dir.join(SPARE_FILE);
         let options = self.options;
         let (done, ready) = mpsc::sync_channel(1);
-        let pace = Arc::new(AtomicU8::new(SPARE_PACED));
+        let pace = Arc::new(AtomicU8::new(PACE_PAUSED));
         let helper_pace = Arc::clone(&pace);
         let spawned = std::thread::Builder::new()
             .name("spaxos-spare".to_string())
             .spawn(move || {
-                let _ = done.send(prepare_spare(&path, &options, &helper_pace));
+                let _ = done.send(create_segment_file(&path, &options, &helper_pace));
             });
         match spawned {
             Ok(thread) => {
@@ -612,42 +589,22 @@ impl DiskStorage {
             first_batch_seq: self.next_batch_seq,
             node: self.state.node,
         };
-        let spare = self.spare.take().and_then(|spare| spare.take(&self.dir));
-        if let Some(file) = spare {
-            // Space and size are durable already: the header, then the name.
-            let spare_path = self.dir.join(SPARE_FILE);
-            file.write_all_at(&header.encode(), 0)
-                .map_err(|e| StorageError::io(&spare_path, "write segment header", e))?;
-            file.sync_data()
-                .map_err(|e| StorageError::io(&spare_path, "fdatasync", e))?;
-            fs::rename(&spare_path, &path)
-                .map_err(|e| StorageError::io(&path, "rename new segment", e))?;
-            sync_dir(&self.dir)?;
-            self.segments.insert(
-                id,
-                Segment {
-                    path,
-                    file,
-                    max_index: 0,
-                },
-            );
-            self.active_offset = SEGMENT_HEADER_LEN as u64;
-            return Ok(());
-        }
-        let tmp = tmp_path(&path);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| StorageError::io(&tmp, "create segment", e))?;
+        // A spare has its space and size durable already; without one the
+        // file is made here, under the segment's temporary name.
+        let (file, made_as) = match self.spare.take().and_then(|spare| spare.take(&self.dir)) {
+            Some(file) => (file, self.dir.join(SPARE_FILE)),
+            None => {
+                let tmp = tmp_path(&path);
+                (create_segment_file(&tmp, &self.options, &AT_ONCE)?, tmp)
+            }
+        };
+        // Then the header, and only then the name.
         file.write_all_at(&header.encode(), 0)
-            .map_err(|e| StorageError::io(&tmp, "write segment header", e))?;
-        preallocate(&file, &tmp, SEGMENT_HEADER_LEN as u64, &self.options)?;
-        file.sync_all()
-            .map_err(|e| StorageError::io(&tmp, "fsync", e))?;
-        fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, "rename new segment", e))?;
+            .map_err(|e| StorageError::io(&made_as, "write segment header", e))?;
+        file.sync_data()
+            .map_err(|e| StorageError::io(&made_as, "fdatasync", e))?;
+        fs::rename(&made_as, &path)
+            .map_err(|e| StorageError::io(&path, "rename new segment", e))?;
         sync_dir(&self.dir)?;
         self.segments.insert(
             id,
@@ -1149,11 +1106,20 @@ fn file_len(file: &File, path: &Path) -> Result<u64, StorageError> {
 
 /// Gives the file its space from `from` up to the segment size, as the
 /// options say. The caller syncs.
+///
+/// Zeros go in `ZERO_STEP_BYTES` steps. Paced (`PACE_PAUSED`), each step
+/// is synced and followed by a pause; `PACE_AT_ONCE` writes on unsynced;
+/// `PACE_ABANDON` stops with an error. Written and synced in one go, the
+/// 64 MiB of a spare segment held up the log's flushes until they were on
+/// the disk; with every node of a 3-node cluster on one disk (the
+/// benchmark) the longest proposal of a 20-second run went from ~300 ms
+/// inline to 50–65 ms, and to 9–29 ms in steps (docs/STORAGE.md).
 fn preallocate(
     file: &File,
     path: &Path,
     from: u64,
     options: &DiskOptions,
+    pace: &AtomicU8,
 ) -> Result<(), StorageError> {
     let to = options.segment_bytes_max;
     if from >= to {
@@ -1178,13 +1144,22 @@ fn preallocate(
             Ok(())
         }
         Preallocate::ZeroFill => {
-            let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+            let zeros = vec![0u8; ZERO_STEP_BYTES];
             let mut at = from;
             while at < to {
-                let n = (to - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+                let n = (to - at).min(ZERO_STEP_BYTES as u64) as usize;
                 file.write_all_at(&zeros[..n], at)
                     .map_err(|e| StorageError::io(path, "preallocate (zero fill)", e))?;
                 at += n as u64;
+                match pace.load(Ordering::Relaxed) {
+                    PACE_PAUSED => {
+                        file.sync_data()
+                            .map_err(|e| StorageError::io(path, "fdatasync", e))?;
+                        std::thread::sleep(ZERO_STEP_PAUSE);
+                    }
+                    PACE_AT_ONCE => {}
+                    _ => return Err(StorageError::invalid("segment preallocation abandoned")),
+                }
             }
             Ok(())
         }
