@@ -134,6 +134,19 @@ fn wait_chosen(handle: ProposalHandle) -> u64 {
     }
 }
 
+/// The value the proposal helpers below give `reqid`.
+fn value_of(reqid: u64) -> String {
+    format!("value-{reqid}")
+}
+
+/// Proposal `k` of thread `t`: its reqid counts from `first_reqid`, `count`
+/// per thread.
+fn propose_kth(node: &Spaxos, first_reqid: u64, count: u64, t: u64, k: u64) -> ProposalHandle {
+    let reqid = first_reqid + t * count + k;
+    node.propose(reqid, value_of(reqid))
+        .expect("proposal queued")
+}
+
 /// Runs `proposer(t)` on threads `0..threads` and collects what they
 /// return: reqid -> chosen index.
 fn on_threads(
@@ -162,11 +175,7 @@ fn propose_from_threads(
 ) -> BTreeMap<u64, u64> {
     on_threads(threads, |t| {
         let handles: Vec<ProposalHandle> = (0..count)
-            .map(|k| {
-                let reqid = first_reqid + t * count + k;
-                node.propose(reqid, format!("value-{reqid}"))
-                    .expect("proposal queued")
-            })
+            .map(|k| propose_kth(node, first_reqid, count, t, k))
             .collect();
         handles
             .into_iter()
@@ -186,11 +195,8 @@ fn propose_closed_loop(
     on_threads(threads, |t| {
         (0..count)
             .map(|k| {
-                let reqid = first_reqid + t * count + k;
-                let handle = node
-                    .propose(reqid, format!("value-{reqid}"))
-                    .expect("proposal queued");
-                (reqid, wait_chosen(handle))
+                let handle = propose_kth(node, first_reqid, count, t, k);
+                (handle.reqid(), wait_chosen(handle))
             })
             .collect()
     })
@@ -245,7 +251,7 @@ fn proposals_from_every_node_are_chosen_and_streams_agree() {
         if let Some(reqid) = item.value.reqid() {
             assert!(seen.insert(reqid), "reqid {reqid} delivered twice");
             assert_eq!(chosen.get(&reqid), Some(&item.index));
-            assert_eq!(item.value.values()[0], format!("value-{reqid}").as_bytes());
+            assert_eq!(item.value.values()[0], value_of(reqid).as_bytes());
         }
     }
     assert_eq!(seen.len(), chosen.len());
