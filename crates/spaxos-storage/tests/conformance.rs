@@ -475,13 +475,7 @@ macro_rules! suite {
 
 suite!(mem, MemHarness);
 suite!(disk_small_segments, DiskHarness::new(small_options()));
-suite!(
-    disk_zero_filled,
-    DiskHarness::new(DiskOptions {
-        segment_bytes_max: 64 << 10,
-        preallocate: Preallocate::ZeroFill,
-    })
-);
+suite!(disk_zero_filled, DiskHarness::new(zero_filled_options()));
 suite!(
     disk_fallocated,
     DiskHarness::new(DiskOptions {

@@ -137,10 +137,7 @@ fn torn_tail_at_every_byte_is_truncated() {
 #[test]
 fn torn_tail_in_preallocated_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let options = DiskOptions {
-        segment_bytes_max: 64 << 10,
-        preallocate: Preallocate::ZeroFill,
-    };
+    let options = zero_filled_options();
     let (_, states) = write_batches(dir.path(), options, 5);
     let files = segment_files(dir.path());
     let full = fs::read(&files[0]).unwrap();
@@ -177,13 +174,7 @@ fn torn_tail_in_preallocated_segment() {
 /// fail and name the file and an offset at or just before the flipped byte.
 #[test]
 fn flipped_byte_before_the_tail_is_corruption() {
-    for options in [
-        small_options(),
-        DiskOptions {
-            segment_bytes_max: 64 << 10,
-            preallocate: Preallocate::ZeroFill,
-        },
-    ] {
+    for options in [small_options(), zero_filled_options()] {
         let dir = tempfile::tempdir().unwrap();
         write_batches(dir.path(), options, 5);
         // Batch positions do not depend on preallocation; a store without
@@ -530,10 +521,7 @@ fn wait_for_file(path: &Path, len: u64) {
 #[test]
 fn the_next_segment_is_prepared_ahead_and_taken_at_the_switch() {
     let dir = tempfile::tempdir().unwrap();
-    let options = DiskOptions {
-        segment_bytes_max: 64 << 10,
-        preallocate: Preallocate::ZeroFill,
-    };
+    let options = zero_filled_options();
     let spare = dir.path().join("spare.tmp");
     let mut store = open(dir.path(), options);
     let mut k = 0;

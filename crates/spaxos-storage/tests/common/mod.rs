@@ -67,6 +67,14 @@ pub fn small_options() -> DiskOptions {
     }
 }
 
+/// Zero-filled segments of 64 KiB: preallocated space after the data.
+pub fn zero_filled_options() -> DiskOptions {
+    DiskOptions {
+        segment_bytes_max: 64 << 10,
+        preallocate: Preallocate::ZeroFill,
+    }
+}
+
 /// Opens and reopens one kind of store, keeping its durable state.
 pub trait Harness {
     type S: Storage;
