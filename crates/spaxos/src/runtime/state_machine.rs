@@ -249,8 +249,9 @@ impl StateMachine {
         self.finish();
     }
 
-    /// Blocks for the next input, or until `deadline` (then None; also
-    /// None when a doorbell rung early finds nothing queued yet). When
+    /// Blocks for the next input, or until `deadline` (then whatever is
+    /// queued, or None; also None when a doorbell rung early finds nothing
+    /// queued yet). When
     /// several are ready, `select!` picks one at random; the rest of the
     /// round then takes queued inputs in priority order (`try_input`).
     ///
@@ -262,48 +263,41 @@ impl StateMachine {
     fn wait_input(&self, deadline: Option<Instant>) -> Option<Input> {
         let timeout = deadline.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         let expecting = deadline.is_some();
-        if expecting {
-            // Never more than the queue holds, or no one could ring.
-            let count = self.gather.awaited.clamp(1, COMMAND_QUEUE_MAX / 2);
-            if self.doorbell.expect(count, &self.commands) {
-                self.doorbell.clear();
-                return self.try_input();
-            }
-        }
-        let never = crossbeam_channel::never();
-        let commands = if expecting { &never } else { &self.commands };
-        let input = select! {
-            recv(self.storage_events) -> event => match event {
-                Ok(event) => Input::Event(event),
-                Err(_) => Input::Event(StorageEvent::Failed {
-                    reason: "the storage thread exited".to_string(),
+        // Never more than the queue holds, or no one could ring.
+        let count = self.gather.awaited.clamp(1, COMMAND_QUEUE_MAX / 2);
+        let woken = if expecting && self.doorbell.expect(count, &self.commands) {
+            None
+        } else {
+            let never = crossbeam_channel::never();
+            let commands = if expecting { &never } else { &self.commands };
+            // None: rung (commands are queued) or the hold is over.
+            select! {
+                recv(self.storage_events) -> event => Some(match event {
+                    Ok(event) => Input::Event(event),
+                    Err(_) => Input::Event(StorageEvent::Failed {
+                        reason: "the storage thread exited".to_string(),
+                    }),
                 }),
-            },
-            recv(self.stop) -> _ => Input::Stop,
-            recv(self.network) -> msg => match msg {
-                Ok(msg) => Input::Message(msg),
-                // The transport owns the only other sender; it is gone only
-                // at shutdown.
-                Err(_) => Input::Stop,
-            },
-            recv(commands) -> command => match command {
-                Ok(command) => Input::Command(command),
-                Err(_) => Input::Stop,
-            },
-            recv(self.ticks) -> _ => Input::Tick,
-            recv(self.doorbell.rung()) -> _ => {
-                self.doorbell.clear();
-                return self.try_input();
-            }
-            recv(timeout) -> _ => {
-                self.doorbell.clear();
-                return None;
+                recv(self.stop) -> _ => Some(Input::Stop),
+                recv(self.network) -> msg => Some(match msg {
+                    Ok(msg) => Input::Message(msg),
+                    // The transport owns the only other sender; it is gone
+                    // only at shutdown.
+                    Err(_) => Input::Stop,
+                }),
+                recv(commands) -> command => Some(match command {
+                    Ok(command) => Input::Command(command),
+                    Err(_) => Input::Stop,
+                }),
+                recv(self.ticks) -> _ => Some(Input::Tick),
+                recv(self.doorbell.rung()) -> _ => None,
+                recv(timeout) -> _ => None,
             }
         };
-        if expecting {
+        if expecting || woken.is_none() {
             self.doorbell.clear();
         }
-        Some(input)
+        woken.or_else(|| self.try_input())
     }
 
     /// The next queued input, if any. Storage events come first: they
