@@ -57,6 +57,35 @@ pub trait Storage: Send {
     /// are ignored.
     fn write(&mut self, batch: &[Record]) -> Result<(), StorageError>;
 
+    /// [`Storage::write`], calling `durable` as soon as the batch is
+    /// durable, possibly before the store has finished its own bookkeeping
+    /// of it (a [`DiskStorage`] updates its in-memory index after), so that
+    /// whatever waits for the batch (messages that promise its state) can
+    /// leave sooner. `durable` is called exactly once if the write succeeds
+    /// and never if it fails; the store cannot be read while it runs, and
+    /// when `write_then` returns every method sees the batch.
+    ///
+    /// ```
+    /// use spaxos_core::{NodeState, Record};
+    /// use spaxos_storage::{MemStorage, Storage};
+    ///
+    /// let mut store = MemStorage::new();
+    /// let mut released = false;
+    /// store
+    ///     .write_then(&[Record::Node(NodeState::default())], &mut || released = true)
+    ///     .unwrap();
+    /// assert!(released);
+    /// ```
+    fn write_then(
+        &mut self,
+        batch: &[Record],
+        durable: &mut dyn FnMut(),
+    ) -> Result<(), StorageError> {
+        self.write(batch)?;
+        durable();
+        Ok(())
+    }
+
     /// [`Storage::write`] for a batch of `Chosen` marks alone, without
     /// waiting for a sync: reads see the marks at once, and they become
     /// durable with the next `write` (an empty one will do; a `DiskStorage`

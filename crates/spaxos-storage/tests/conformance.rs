@@ -171,8 +171,14 @@ fn value_kinds<H: Harness>(h: &mut H) {
 fn invalid_batches_change_nothing<H: Harness>(h: &mut H) {
     let mut store = h.open();
     store.write(&[accepted(1, 1, value(1, 4))]).unwrap();
-    let bad: [&[Record]; 4] = [
+    let bad: [&[Record]; 5] = [
         &[node(5), Record::Chosen(2)],
+        // Values for 2 and 3 earlier in the batch, none for 4.
+        &[
+            accepted(2, 1, value(2, 1)),
+            accepted(3, 1, value(3, 1)),
+            Record::ChosenRange { first: 2, last: 4 },
+        ],
         &[accepted(0, 1, value(1, 1))],
         &[Record::Instance(InstanceState {
             chosen: true,
@@ -421,6 +427,81 @@ fn deferred_chosen_marks<H: Harness>(h: &mut H) {
     assert_eq!(store.chosen(69).unwrap(), Some(value(69, 10)));
 }
 
+/// `write_then` calls its `durable` callback once for every write that
+/// succeeds (including one with nothing left to write) and never for one
+/// that fails, and every read sees the batch once it returns.
+fn write_then_calls_back_once_durable<H: Harness>(h: &mut H) {
+    let mut store = h.open();
+    let mut calls = 0;
+    store
+        .write_then(&[node(2), accepted(1, 2, value(1, 8))], &mut || calls += 1)
+        .unwrap();
+    assert_eq!(calls, 1);
+    assert_eq!(store.bounds(), (1, 1));
+    store
+        .write_then(&[Record::Chosen(1)], &mut || calls += 1)
+        .unwrap();
+    assert_eq!(calls, 2);
+    assert_eq!(store.chosen(1).unwrap(), Some(value(1, 8)));
+
+    // A refused batch is never acknowledged, even with deferred marks
+    // waiting (they are written alone, the batch still fails).
+    store.write(&[accepted(2, 2, value(2, 8))]).unwrap();
+    store.write_deferred(&[Record::Chosen(2)]).unwrap();
+    let err = store
+        .write_then(&[Record::Chosen(9)], &mut || calls += 1)
+        .unwrap_err();
+    assert!(matches!(err, StorageError::InvalidBatch { .. }), "{err}");
+    assert_eq!(calls, 2);
+    assert_eq!(store.deferred_marks(), 0, "the marks went alone");
+
+    // Nothing to write (an empty batch; records below the floor) is durable
+    // at once.
+    store.write_then(&[], &mut || calls += 1).unwrap();
+    store.compact(2).unwrap();
+    store
+        .write_then(&[accepted(1, 3, value(9, 8))], &mut || calls += 1)
+        .unwrap();
+    assert_eq!(calls, 4);
+
+    // A batch of consecutive indices whose marks follow in the same batch,
+    // and one whose indices come out of order.
+    let run: Vec<(u64, Value)> = (3..=40).map(|i| (i, value(i, 8))).collect();
+    store
+        .write_then(
+            &[
+                Record::Accepted {
+                    ballot: Ballot::new(3, 1),
+                    entries: run.into(),
+                },
+                Record::ChosenRange { first: 3, last: 40 },
+            ],
+            &mut || calls += 1,
+        )
+        .unwrap();
+    store
+        .write_then(
+            &[
+                accepted(43, 3, value(43, 8)),
+                accepted(41, 3, value(41, 8)),
+                Record::Chosen(43),
+                accepted(42, 3, value(42, 8)),
+                Record::ChosenRange {
+                    first: 41,
+                    last: 42,
+                },
+            ],
+            &mut || calls += 1,
+        )
+        .unwrap();
+    assert_eq!(calls, 6);
+    assert_eq!(store.recover(10).unwrap().chosen_through, 43);
+    let store = h.reopen(store);
+    assert_eq!(store.recover(10).unwrap().chosen_through, 43);
+    assert_eq!(store.chosen(41).unwrap(), Some(value(41, 8)));
+    assert_eq!(store.bounds(), (3, 43));
+}
+
 macro_rules! suite {
     ($module:ident, $harness:expr) => {
         mod $module {
@@ -464,6 +545,10 @@ macro_rules! suite {
             #[test]
             fn batch_of_accepted_entries() {
                 super::batch_of_accepted_entries(&mut $harness);
+            }
+            #[test]
+            fn write_then_calls_back_once_durable() {
+                super::write_then_calls_back_once_durable(&mut $harness);
             }
             #[test]
             fn unchosen_replacement_shrinks_prefix() {

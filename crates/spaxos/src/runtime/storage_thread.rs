@@ -166,6 +166,7 @@ impl StorageThread {
             return;
         };
         let records_len = jobs.iter().map(|job| job.records.len()).sum();
+        let (transport, events, self_id) = (&self.transport, &self.events, self.self_id);
         if records_len > 0 {
             let mut records: Vec<Record> = Vec::with_capacity(records_len);
             for job in jobs.iter_mut() {
@@ -182,7 +183,11 @@ impl StorageThread {
             let written = if deferrable {
                 storage.write_deferred(&records)
             } else {
-                storage.write(&records)
+                // The messages leave as soon as the records they depend on
+                // are durable, before the store's own bookkeeping of them.
+                storage.write_then(&records, &mut || {
+                    release_messages(jobs, transport, events, self_id, generation)
+                })
             };
             if let Err(write_error) = written {
                 jobs.clear();
@@ -205,28 +210,13 @@ impl StorageThread {
             }
             let written = records.iter().map(Record::entries).sum::<usize>();
             Counters::add(&counters.records_written, written as u64);
+        } else {
+            release_messages(jobs, transport, events, self_id, generation);
         }
-        let mut to_self: Vec<Message> = Vec::new();
         for job in jobs.drain(..) {
-            for msg in job.messages.into_iter().chain(job.messages_after_write) {
-                if msg.to == self.self_id {
-                    to_self.push(msg);
-                } else {
-                    // A full or disconnected peer drops it; Paxos retries.
-                    self.transport.send(msg);
-                }
-            }
             for read in job.reads {
                 self.serve_catchup(read);
             }
-        }
-        if !to_self.is_empty() {
-            // The SMT takes storage events even while it waits on our queue,
-            // so this cannot deadlock; it fails only when the SMT is gone.
-            let _ = self.events.send(StorageEvent::Released {
-                generation,
-                messages: to_self,
-            });
         }
     }
 
@@ -365,6 +355,39 @@ impl StorageThread {
         self.storage = None;
         self.shared.fail(reason.clone());
         let _ = self.events.send(StorageEvent::Failed { reason });
+    }
+}
+
+/// Sends the messages of `jobs`, whose records are durable, in order: to
+/// peers through the transport, to the node itself as one `Released` event.
+/// The jobs keep their reads.
+fn release_messages(
+    jobs: &mut [Job],
+    transport: &TransportHandle,
+    events: &Sender<StorageEvent>,
+    self_id: NodeId,
+    generation: u64,
+) {
+    let mut to_self: Vec<Message> = Vec::new();
+    for job in jobs.iter_mut() {
+        let messages = std::mem::take(&mut job.messages);
+        let after_write = std::mem::take(&mut job.messages_after_write);
+        for msg in messages.into_iter().chain(after_write) {
+            if msg.to == self_id {
+                to_self.push(msg);
+            } else {
+                // A full or disconnected peer drops it; Paxos retries.
+                transport.send(msg);
+            }
+        }
+    }
+    if !to_self.is_empty() {
+        // The SMT takes storage events even while it waits on our queue,
+        // so this cannot deadlock; it fails only when the SMT is gone.
+        let _ = events.send(StorageEvent::Released {
+            generation,
+            messages: to_self,
+        });
     }
 }
 
