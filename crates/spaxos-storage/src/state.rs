@@ -24,6 +24,40 @@ impl HeldValue for Value {
     }
 }
 
+/// The indices a batch gives a value (or none) before a given record, in
+/// batch order, for checking its chosen marks.
+#[derive(Default)]
+struct InBatch {
+    entries: Vec<(Index, bool)>,
+    /// Every index came after a smaller one (the usual batch: one phase 2
+    /// record of consecutive indices), so a search finds the only entry.
+    ascending: bool,
+}
+
+impl InBatch {
+    fn push(&mut self, index: Index, has_value: bool) {
+        self.ascending = match self.entries.last() {
+            None => true,
+            Some(&(last, _)) => self.ascending && last < index,
+        };
+        self.entries.push((index, has_value));
+    }
+
+    /// Whether the latest entry for `index` has a value; `None` if the batch
+    /// has not named it so far.
+    fn latest(&self, index: Index) -> Option<bool> {
+        if self.ascending {
+            let at = self
+                .entries
+                .binary_search_by_key(&index, |&(i, _)| i)
+                .ok()?;
+            return Some(self.entries[at].1);
+        }
+        let &(_, has_value) = self.entries.iter().rev().find(|(i, _)| *i == index)?;
+        Some(has_value)
+    }
+}
+
 /// The latest durable state of one index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Slot<V> {
@@ -63,7 +97,7 @@ impl<V: HeldValue> LogState<V> {
     /// `Chosen` mark follows a value (earlier in the batch or already held).
     pub fn validate(&self, batch: &[Record]) -> Result<(), StorageError> {
         // Indices given a value (or had it removed) earlier in this batch.
-        let mut in_batch: Vec<(Index, bool)> = Vec::new();
+        let mut in_batch = InBatch::default();
         for (position, record) in batch.iter().enumerate() {
             match record {
                 Record::Node(_) => {}
@@ -80,7 +114,7 @@ impl<V: HeldValue> LogState<V> {
                             state.index
                         )));
                     }
-                    in_batch.push((state.index, state.value.is_some()));
+                    in_batch.push(state.index, state.value.is_some());
                 }
                 Record::Accepted { entries, .. } => {
                     for (index, _) in entries.iter() {
@@ -89,7 +123,7 @@ impl<V: HeldValue> LogState<V> {
                                 "record {position}: accepted index {index} is out of range"
                             )));
                         }
-                        in_batch.push((*index, true));
+                        in_batch.push(*index, true);
                     }
                 }
                 Record::Chosen(index) => self.validate_chosen(position, *index, &in_batch)?,
@@ -121,7 +155,7 @@ impl<V: HeldValue> LogState<V> {
         &self,
         position: usize,
         index: Index,
-        in_batch: &[(Index, bool)],
+        in_batch: &InBatch,
     ) -> Result<(), StorageError> {
         if index == 0 {
             return Err(StorageError::invalid(format!(
@@ -131,8 +165,8 @@ impl<V: HeldValue> LogState<V> {
         if index <= self.compacted_through {
             return Ok(());
         }
-        let has_value = match in_batch.iter().rev().find(|(i, _)| *i == index) {
-            Some((_, has_value)) => *has_value,
+        let has_value = match in_batch.latest(index) {
+            Some(has_value) => has_value,
             None => self
                 .slots
                 .get(&index)
@@ -182,7 +216,11 @@ impl<V: HeldValue> LogState<V> {
             // the prefix then ends just below it.
             self.chosen_through = index - 1;
         }
-        self.advance_chosen_through();
+        // Only a chosen slot right after the prefix can extend it (an
+        // unchosen one ends it where it is).
+        if chosen && self.chosen_through.checked_add(1) == Some(index) {
+            self.advance_chosen_through();
+        }
     }
 
     /// Applies a `Chosen` mark; false if the index holds no value (the caller
@@ -195,7 +233,9 @@ impl<V: HeldValue> LogState<V> {
         match self.slots.get_mut(&index) {
             Some(slot) if slot.value.is_some() => {
                 slot.chosen = true;
-                self.advance_chosen_through();
+                if self.chosen_through.checked_add(1) == Some(index) {
+                    self.advance_chosen_through();
+                }
                 true
             }
             _ => false,
