@@ -893,14 +893,11 @@ impl Storage for DiskStorage {
             return self.write(batch);
         }
         for marks in batch.iter().filter_map(Record::chosen_indices) {
-            for index in self.state.live_range(*marks.start(), *marks.end()) {
-                let applied = self.state.apply_chosen(index);
-                debug_assert!(applied, "validate checked the chosen marks");
-                // Compacted indices are chosen already; nothing to write.
-                if index > self.state.compacted_through {
-                    self.deferred.push(index);
-                }
-            }
+            let applied = self.state.apply_chosen_range(*marks.start(), *marks.end());
+            debug_assert!(applied, "validate checked the chosen marks");
+            // Compacted indices are chosen already; nothing to write.
+            self.deferred
+                .extend(self.state.live_range(*marks.start(), *marks.end()));
         }
         Ok(())
     }

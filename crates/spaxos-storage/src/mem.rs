@@ -79,10 +79,8 @@ impl Storage for MemStorage {
                 }
                 Record::Chosen(_) | Record::ChosenRange { .. } => {
                     let marks = record.chosen_indices().expect("a chosen mark");
-                    for index in self.state.live_range(*marks.start(), *marks.end()) {
-                        let applied = self.state.apply_chosen(index);
-                        debug_assert!(applied, "validate checked the chosen marks");
-                    }
+                    let applied = self.state.apply_chosen_range(*marks.start(), *marks.end());
+                    debug_assert!(applied, "validate checked the chosen marks");
                 }
             }
         }

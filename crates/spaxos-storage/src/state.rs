@@ -133,9 +133,7 @@ impl<V: HeldValue> LogState<V> {
                             "record {position}: chosen range {first}..={last} is empty"
                         )));
                     }
-                    for index in self.live_range(*first, *last) {
-                        self.validate_chosen(position, index, &in_batch)?;
-                    }
+                    self.validate_chosen_range(position, *first, *last, &in_batch)?;
                 }
             }
         }
@@ -176,6 +174,38 @@ impl<V: HeldValue> LogState<V> {
             return Err(StorageError::invalid(format!(
                 "record {position}: chosen mark for index {index}, which holds no value"
             )));
+        }
+        Ok(())
+    }
+
+    /// [`LogState::validate_chosen`] for every live index of `first..=last`,
+    /// walking the held slots once instead of looking each index up.
+    fn validate_chosen_range(
+        &self,
+        position: usize,
+        first: Index,
+        last: Index,
+        in_batch: &InBatch,
+    ) -> Result<(), StorageError> {
+        let live = self.live_range(first, last);
+        if live.is_empty() {
+            // Wholly compacted (a `BTreeMap` range must not be reversed).
+            return Ok(());
+        }
+        let mut held = self.slots.range(live.clone()).peekable();
+        for index in live {
+            while held.next_if(|(&at, _)| at < index).is_some() {}
+            let has_value = match in_batch.latest(index) {
+                Some(has_value) => has_value,
+                None => held
+                    .peek()
+                    .is_some_and(|(&at, slot)| at == index && slot.value.is_some()),
+            };
+            if !has_value {
+                return Err(StorageError::invalid(format!(
+                    "record {position}: chosen mark for index {index}, which holds no value"
+                )));
+            }
         }
         Ok(())
     }
@@ -242,11 +272,43 @@ impl<V: HeldValue> LogState<V> {
         }
     }
 
+    /// Applies the `Chosen` marks of `first..=last` (those at or below the
+    /// compaction point are ignored) in one walk over the held slots; false
+    /// if some live index holds no value (the others are marked).
+    pub fn apply_chosen_range(&mut self, first: Index, last: Index) -> bool {
+        let live = self.live_range(first, last);
+        let (start, end) = (*live.start(), *live.end());
+        if start > end {
+            return true;
+        }
+        let mut marked = 0u64;
+        for (_, slot) in self.slots.range_mut(live) {
+            if slot.value.is_some() {
+                slot.chosen = true;
+                marked += 1;
+            }
+        }
+        // Only marks reaching the index right after the prefix extend it.
+        if start <= self.chosen_through.saturating_add(1) {
+            self.advance_chosen_through();
+        }
+        marked == end - start + 1
+    }
+
     fn advance_chosen_through(&mut self) {
-        while let Some(next) = self.chosen_through.checked_add(1) {
-            match self.slots.get(&next) {
-                Some(slot) if slot.chosen => self.chosen_through = next,
-                _ => break,
+        let Some(next) = self.chosen_through.checked_add(1) else {
+            return;
+        };
+        // One walk from the prefix's end instead of a lookup per index.
+        let mut expected = next;
+        for (&index, slot) in self.slots.range(next..) {
+            if index != expected || !slot.chosen {
+                break;
+            }
+            self.chosen_through = index;
+            match index.checked_add(1) {
+                Some(following) => expected = following,
+                None => break,
             }
         }
     }
