@@ -44,8 +44,8 @@ pub use storage_thread::ReopenStorage;
 use crate::config::Config;
 use crate::transport::{Transport, TransportHandle};
 use queues::{
-    Command, Doorbell, StorageInput, COMMAND_QUEUE_MAX, NETWORK_QUEUE_MAX, STORAGE_EVENT_QUEUE_MAX,
-    STORAGE_QUEUE_MAX, SUBSCRIBER_QUEUE_MAX,
+    Command, CommandSender, Doorbell, StorageInput, Wakeup, COMMAND_QUEUE_MAX, NETWORK_QUEUE_MAX,
+    STORAGE_EVENT_QUEUE_MAX, STORAGE_QUEUE_MAX, SUBSCRIBER_QUEUE_MAX,
 };
 use slot::{slot, Bells, Received, SlotReceiver};
 use state_machine::{StateMachine, StateMachineParts};
@@ -76,14 +76,14 @@ struct Inner {
     /// Payload bytes per ordered-stream read.
     read_bytes_max: usize,
     tick: Duration,
-    commands: Sender<Command>,
+    commands: CommandSender,
     storage: Sender<StorageInput>,
     stop: Sender<()>,
+    /// Wakes the SMT after the stop signal is queued.
+    wakeup: Arc<Wakeup>,
     shared: Arc<Shared>,
     /// Where proposers wait for their outcomes.
     bells: Arc<Bells>,
-    /// Rung when the SMT gathering proposals has enough of them queued.
-    doorbell: Arc<Doorbell>,
     transport: Arc<TransportHandle>,
     /// State-machine thread, then storage thread: joined in that order.
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -165,21 +165,30 @@ impl Spaxos {
         );
         let node = Node::restore(core_config.clone(), recovered)?;
 
+        let wakeup = Wakeup::new();
         let (network_tx, network_rx) = bounded(NETWORK_QUEUE_MAX);
-        let transport = Arc::new(Transport::start(&config, network_tx)?);
+        let transport = {
+            let wakeup = Arc::clone(&wakeup);
+            Arc::new(Transport::start_notifying(
+                &config,
+                network_tx,
+                Box::new(move || wakeup.notify()),
+            )?)
+        };
         let (commands_tx, commands_rx) = bounded(COMMAND_QUEUE_MAX);
         let (storage_tx, storage_rx) = bounded(STORAGE_QUEUE_MAX);
         let (events_tx, events_rx) = bounded(STORAGE_EVENT_QUEUE_MAX);
         let (stop_tx, stop_rx) = bounded(1);
         let shared = Arc::new(Shared::default());
         let bells = Bells::new();
-        let doorbell = Arc::new(Doorbell::new());
+        let doorbell = Arc::new(Doorbell::new(Arc::clone(&wakeup)));
 
         let storage_thread = StorageThread {
             storage: Some(storage),
             reopen,
             inputs: storage_rx,
             events: events_tx,
+            wakeup: Arc::clone(&wakeup),
             transport: Arc::clone(&transport),
             shared: Arc::clone(&shared),
             self_id: id,
@@ -201,7 +210,8 @@ impl Spaxos {
             network: network_rx,
             storage_events: events_rx,
             stop: stop_rx,
-            ticks: crossbeam_channel::tick(config.tick()),
+            tick: config.tick(),
+            wakeup: Arc::clone(&wakeup),
             storage: storage_tx.clone(),
         });
 
@@ -230,12 +240,12 @@ impl Spaxos {
             value_bytes_max: core_config.value_bytes_max,
             read_bytes_max: core_config.batch_bytes_max,
             tick: config.tick(),
-            commands: commands_tx,
+            commands: CommandSender::new(commands_tx, Arc::clone(&doorbell)),
             storage: storage_tx,
             stop: stop_tx,
+            wakeup,
             shared,
             bells,
-            doorbell,
             transport,
             threads: Mutex::new(threads),
             stopping: AtomicBool::new(false),
@@ -355,10 +365,7 @@ impl Spaxos {
             }
         };
         match sent {
-            Ok(()) => {
-                self.inner.doorbell.queued(&self.inner.commands);
-                Ok(ProposalHandle { reqid, receiver })
-            }
+            Ok(()) => Ok(ProposalHandle { reqid, receiver }),
             Err(Some(busy)) => Err(busy),
             Err(None) => Err(self.propose_stopped()),
         }
@@ -529,6 +536,7 @@ impl Inner {
             return;
         }
         let _ = self.stop.try_send(());
+        self.wakeup.notify();
         let mut threads = std::mem::take(&mut *threads).into_iter();
         if let Some(state_machine) = threads.next() {
             if state_machine.join().is_err() {

@@ -10,7 +10,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use spaxos_core::{ChosenItem, Index};
 
 use super::error::StreamError;
-use super::queues::{Command, StorageInput, SUBSCRIBER_QUEUE_MAX};
+use super::queues::{Command, CommandSender, StorageInput, SUBSCRIBER_QUEUE_MAX};
 use super::status::Shared;
 
 /// Indices one storage read asks for at most (a read also stops at
@@ -39,7 +39,7 @@ pub struct OrderedStream {
     buffer: VecDeque<ChosenItem>,
     /// The live subscription and the first index it carries.
     live: Option<(Receiver<ChosenItem>, Index)>,
-    commands: Sender<Command>,
+    commands: CommandSender,
     storage: Sender<StorageInput>,
     shared: Arc<Shared>,
     /// How long to wait before asking storage again for an index this node
@@ -51,7 +51,7 @@ pub struct OrderedStream {
 impl OrderedStream {
     pub(crate) fn new(
         from: Index,
-        commands: Sender<Command>,
+        commands: CommandSender,
         storage: Sender<StorageInput>,
         shared: Arc<Shared>,
         retry_interval: Duration,

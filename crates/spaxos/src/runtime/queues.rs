@@ -3,9 +3,11 @@
 //! queue is bounded (STYLE 7); docs/ARCHITECTURE.md ("Threads and queues")
 //! draws them.
 
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{Receiver, SendError, SendTimeoutError, Sender, TrySendError};
 use spaxos_core::{
     ChosenItem, Index, Message, Outcome, ReadRequest, Record, RecoveredState, Value,
 };
@@ -37,31 +39,82 @@ pub(crate) const GROUP_COMMIT_INPUTS_MAX: usize = STORAGE_QUEUE_MAX * 2;
 const _: () = assert!(STORAGE_QUEUE_MAX > 0 && COMMAND_QUEUE_MAX > 0);
 const _: () = assert!(GROUP_COMMIT_INPUTS_MAX >= STORAGE_QUEUE_MAX);
 
+/// Where the SMT sleeps when none of its queues holds an input, and what
+/// wakes it: every producer (the transport, the ST, proposers through the
+/// [`Doorbell`], the stop signal) calls [`Wakeup::notify`] after it queues
+/// something.
+///
+/// The SMT takes inputs only with `try_recv`, so no queue's own waker is
+/// ever registered and a send never takes a channel's waker lock. With a
+/// blocking `select!` over the queues, the sender held that lock while it
+/// woke the SMT, and the SMT, awake at once on the other core, blocked on
+/// the same lock to unregister: a second sleep and wake-up on ~30 % of its
+/// wake-ups, on the path of every accept and acknowledgement.
+#[derive(Default)]
+pub(crate) struct Wakeup {
+    /// Bumped by each notify that finds the SMT asleep; the futex word.
+    rings: AtomicU32,
+    sleeping: AtomicBool,
+}
+
+impl Wakeup {
+    pub(crate) fn new() -> Arc<Wakeup> {
+        Arc::new(Wakeup::default())
+    }
+
+    /// Producer side, after it queued an input for the SMT.
+    pub(crate) fn notify(&self) {
+        // Pairs with the fence in `sleep_until`: either the SMT's check
+        // sees what was queued, or this sees it asleep.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            // Release: an SMT that reads the new count sees the input.
+            self.rings.fetch_add(1, Ordering::Release);
+            super::slot::futex::wake_all(&self.rings);
+        }
+    }
+
+    /// SMT side: sleeps until notified or `deadline`, unless `ready` (which
+    /// checks the queues) says an input is there already. May return early.
+    pub(crate) fn sleep_until(&self, deadline: Instant, ready: impl Fn() -> bool) {
+        self.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let seen = self.rings.load(Ordering::Acquire);
+        if !ready() {
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            if !timeout.is_zero() {
+                // Returns at once if a notify bumped `rings` after `seen`.
+                super::slot::futex::wait(&self.rings, seen, Some(timeout));
+            }
+        }
+        self.sleeping.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Lets the SMT sleep through proposals it is gathering
 /// (`state_machine::Gather`) until enough are queued, instead of being woken
 /// by each.
 ///
 /// While it holds proposals for `n` proposers still expected back, the SMT
-/// waits on the bell and not on the command queue itself; a submitter that
-/// finds `n` or more commands queued after its own rings it. Without this,
-/// each returning proposer's send woke the SMT for one command (a system
-/// call for the proposer, a switch for the SMT), and the SMT's brief rounds
-/// took a core the returning proposers needed.
+/// does not count the command queue as input; a submitter that finds `n` or
+/// more commands queued after its own rings the bell, which wakes it.
+/// Without this, each returning proposer's send woke the SMT for one command
+/// (a system call for the proposer, a switch for the SMT), and the SMT's
+/// brief rounds took a core the returning proposers needed.
 pub(crate) struct Doorbell {
-    /// Queued commands at which to ring; `usize::MAX` when the SMT waits on
-    /// the queue itself.
+    /// Queued commands at which to ring; `usize::MAX` when the SMT takes
+    /// every command as input (then each submit notifies it).
     wanted: AtomicUsize,
-    ring: Sender<()>,
-    rung: Receiver<()>,
+    rung: AtomicBool,
+    wakeup: Arc<Wakeup>,
 }
 
 impl Doorbell {
-    pub(crate) fn new() -> Doorbell {
-        let (ring, rung) = bounded(1);
+    pub(crate) fn new(wakeup: Arc<Wakeup>) -> Doorbell {
         Doorbell {
             wanted: AtomicUsize::new(usize::MAX),
-            ring,
-            rung,
+            rung: AtomicBool::new(false),
+            wakeup,
         }
     }
 
@@ -70,9 +123,12 @@ impl Doorbell {
         // Pairs with the fence in `expect`: either the SMT sees this
         // command in the queue's length, or this sees its `wanted`.
         fence(Ordering::SeqCst);
-        if queue.len() >= self.wanted.load(Ordering::Relaxed) {
-            // Full means already rung: the SMT wakes once either way.
-            let _ = self.ring.try_send(());
+        let wanted = self.wanted.load(Ordering::Relaxed);
+        if wanted == usize::MAX {
+            self.wakeup.notify();
+        } else if queue.len() >= wanted {
+            self.rung.store(true, Ordering::Relaxed);
+            self.wakeup.notify();
         }
     }
 
@@ -84,15 +140,54 @@ impl Doorbell {
         queue.len() >= count
     }
 
-    /// SMT side, awake again: the queue's own wake-ups are back in use.
+    /// SMT side, awake again: every command wakes it again.
     pub(crate) fn clear(&self) {
         self.wanted.store(usize::MAX, Ordering::Relaxed);
-        while self.rung.try_recv().is_ok() {}
+        self.rung.store(false, Ordering::Relaxed);
     }
 
-    /// What the SMT selects on while it expects commands.
-    pub(crate) fn rung(&self) -> &Receiver<()> {
-        &self.rung
+    /// Whether a submitter rang since the last [`Doorbell::clear`].
+    pub(crate) fn is_rung(&self) -> bool {
+        self.rung.load(Ordering::Relaxed)
+    }
+}
+
+/// API → SMT: the command queue's sending side, which notifies the SMT
+/// (through the [`Doorbell`]) after every command it queues.
+#[derive(Clone)]
+pub(crate) struct CommandSender {
+    queue: Sender<Command>,
+    doorbell: Arc<Doorbell>,
+}
+
+impl CommandSender {
+    pub(crate) fn new(queue: Sender<Command>, doorbell: Arc<Doorbell>) -> CommandSender {
+        CommandSender { queue, doorbell }
+    }
+
+    /// Queues `command`, waiting while the queue is full.
+    pub(crate) fn send(&self, command: Command) -> Result<(), SendError<Command>> {
+        self.queue.send(command)?;
+        self.doorbell.queued(&self.queue);
+        Ok(())
+    }
+
+    /// Queues `command` unless the queue is full.
+    pub(crate) fn try_send(&self, command: Command) -> Result<(), TrySendError<Command>> {
+        self.queue.try_send(command)?;
+        self.doorbell.queued(&self.queue);
+        Ok(())
+    }
+
+    /// Queues `command`, waiting at most `timeout` while the queue is full.
+    pub(crate) fn send_timeout(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError<Command>> {
+        self.queue.send_timeout(command, timeout)?;
+        self.doorbell.queued(&self.queue);
+        Ok(())
     }
 }
 
@@ -191,7 +286,58 @@ pub(crate) enum StorageEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crossbeam_channel::bounded;
+
+    /// The SMT's loop in miniature: take what is queued, else sleep on the
+    /// wake-up. A notify lost between the check and the sleep would leave
+    /// the consumer asleep until its deadline (10 s here): each wait must
+    /// end long before that.
+    #[test]
+    fn no_notify_is_lost_under_a_race() {
+        const ITEMS: usize = 20_000;
+        let wakeup = Wakeup::new();
+        let (queue, taken) = bounded::<usize>(4);
+        let producer = {
+            let wakeup = Arc::clone(&wakeup);
+            std::thread::spawn(move || {
+                for item in 0..ITEMS {
+                    queue.send(item).unwrap();
+                    wakeup.notify();
+                    if item % 7 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        };
+        let mut received = 0;
+        while received < ITEMS {
+            if taken.try_recv().is_ok() {
+                received += 1;
+                continue;
+            }
+            let started = Instant::now();
+            wakeup.sleep_until(started + Duration::from_secs(10), || !taken.is_empty());
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "item {received}: queued and notified, and the consumer slept on"
+            );
+        }
+        producer.join().unwrap();
+    }
+
+    #[test]
+    fn a_sleep_ends_at_its_deadline_or_when_ready() {
+        let wakeup = Wakeup::new();
+        let started = Instant::now();
+        wakeup.sleep_until(started + Duration::from_millis(30), || false);
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        let started = Instant::now();
+        wakeup.sleep_until(started + Duration::from_secs(10), || true);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "ready: no sleep"
+        );
+    }
 
     fn command() -> Command {
         Command::Subscribe {
@@ -200,13 +346,13 @@ mod tests {
     }
 
     fn rung(doorbell: &Doorbell) -> bool {
-        doorbell.rung().try_recv().is_ok()
+        doorbell.is_rung()
     }
 
     #[test]
     fn rings_only_while_expecting_and_once_enough_are_queued() {
         let (queue, taken) = bounded(16);
-        let doorbell = Doorbell::new();
+        let doorbell = Doorbell::new(Wakeup::new());
         for _ in 0..4 {
             queue.send(command()).unwrap();
             doorbell.queued(&queue);
@@ -233,7 +379,7 @@ mod tests {
     #[test]
     fn clear_drops_a_ring_that_came_too_late() {
         let (queue, taken) = bounded(4);
-        let doorbell = Doorbell::new();
+        let doorbell = Doorbell::new(Wakeup::new());
         assert!(!doorbell.expect(1, &taken));
         queue.send(command()).unwrap();
         doorbell.queued(&queue);
@@ -248,7 +394,8 @@ mod tests {
     fn no_ring_is_lost_under_a_race() {
         const ROUNDS: usize = 5_000;
         let (queue, taken) = bounded(64);
-        let doorbell = std::sync::Arc::new(Doorbell::new());
+        let wakeup = Wakeup::new();
+        let doorbell = std::sync::Arc::new(Doorbell::new(Arc::clone(&wakeup)));
         let (go, gone) = bounded::<usize>(1);
         let submitter = {
             let doorbell = std::sync::Arc::clone(&doorbell);
@@ -275,11 +422,15 @@ mod tests {
                 _ => {}
             }
             if !doorbell.expect(count, &taken) {
-                // Stale rings are drained by `clear`; this one is ours or
-                // the count is already queued.
-                let woke = doorbell.rung().recv_timeout(Duration::from_secs(10));
+                // Stale rings are dropped by `clear`; this one is ours or
+                // the count is already queued. The SMT's wait: sleep on the
+                // wake-up until the bell is rung.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !doorbell.is_rung() && Instant::now() < deadline {
+                    wakeup.sleep_until(deadline, || doorbell.is_rung());
+                }
                 assert!(
-                    woke.is_ok(),
+                    doorbell.is_rung(),
                     "round {round}: {count} commands sent and no ring"
                 );
             }

@@ -73,15 +73,17 @@ impl Bells {
     }
 }
 
-/// The two futex operations the lanes need (Linux; the project's storage
-/// is Linux-only too).
-mod futex {
+/// The two futex operations the lanes and the SMT's [`Wakeup`] need
+/// (Linux; the project's storage is Linux-only too).
+///
+/// [`Wakeup`]: super::queues::Wakeup
+pub(super) mod futex {
     use std::sync::atomic::AtomicU32;
     use std::time::Duration;
 
     /// Sleeps while `word` holds `expected`, at most `timeout`. Returns at
     /// once if it does not; may return early (a ring, a signal, spuriously).
-    pub(super) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    pub(in crate::runtime) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
         let timespec = timeout.map(|timeout| libc::timespec {
             tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
             tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
@@ -106,7 +108,7 @@ mod futex {
     }
 
     /// Wakes every thread asleep on `word`.
-    pub(super) fn wake_all(word: &AtomicU32) {
+    pub(in crate::runtime) fn wake_all(word: &AtomicU32) {
         // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE only looks the
         // address up among sleepers and touches no user memory.
         unsafe {

@@ -11,11 +11,12 @@
 //! is full: that is the backpressure that reaches proposers when the disk
 //! is slow.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Select, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use spaxos_core::{
     ChosenItem, CoreConfig, Index, Message, Node, NodeId, Outcome, ReqId, Role, Value,
 };
@@ -23,7 +24,7 @@ use tracing::{debug, error, info, warn};
 
 use super::error::{Error, ProposalError};
 use super::queues::{
-    Command, Doorbell, Job, ProposalReply, StorageEvent, StorageInput, COMMAND_QUEUE_MAX,
+    Command, Doorbell, Job, ProposalReply, StorageEvent, StorageInput, Wakeup, COMMAND_QUEUE_MAX,
     ROUND_INPUTS_MAX,
 };
 use super::slot::{Bells, Rings};
@@ -127,7 +128,11 @@ pub(crate) struct StateMachine {
     pub network: Receiver<Message>,
     pub storage_events: Receiver<StorageEvent>,
     pub stop: Receiver<()>,
-    pub ticks: Receiver<Instant>,
+    /// How often the core ticks, and when next.
+    tick: Duration,
+    next_tick: Cell<Instant>,
+    /// Where the SMT sleeps between rounds; producers notify it.
+    wakeup: Arc<Wakeup>,
     pub storage: Sender<StorageInput>,
     pub proposals: HashMap<ReqId, ProposalReply>,
     /// Proposals taken this round (or held over from earlier ones), handed
@@ -173,7 +178,8 @@ pub(crate) struct StateMachineParts {
     pub network: Receiver<Message>,
     pub storage_events: Receiver<StorageEvent>,
     pub stop: Receiver<()>,
-    pub ticks: Receiver<Instant>,
+    pub tick: Duration,
+    pub wakeup: Arc<Wakeup>,
     pub storage: Sender<StorageInput>,
 }
 
@@ -196,7 +202,9 @@ impl StateMachine {
             network: parts.network,
             storage_events: parts.storage_events,
             stop: parts.stop,
-            ticks: parts.ticks,
+            tick: parts.tick,
+            next_tick: Cell::new(Instant::now() + parts.tick),
+            wakeup: parts.wakeup,
             storage: parts.storage,
             proposals: HashMap::new(),
             batched: Vec::new(),
@@ -261,49 +269,73 @@ impl StateMachine {
     /// a proposal (a subscription, a checkpoint) may then wait for the end
     /// of the hold, at most `propose_gather_us`.
     fn wait_input(&self, deadline: Option<Instant>) -> Option<Input> {
-        let timeout = deadline.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
         let expecting = deadline.is_some();
         // Never more than the queue holds, or no one could ring.
         let count = self.gather.awaited.clamp(1, COMMAND_QUEUE_MAX / 2);
-        let woken = if expecting && self.doorbell.expect(count, &self.commands) {
-            None
+        let enough_queued = expecting && self.doorbell.expect(count, &self.commands);
+        let input = if enough_queued {
+            self.try_input()
         } else {
-            let never = crossbeam_channel::never();
-            let commands = if expecting { &never } else { &self.commands };
-            // None: rung (commands are queued) or the hold is over.
-            select! {
-                recv(self.storage_events) -> event => Some(match event {
-                    Ok(event) => Input::Event(event),
-                    Err(_) => Input::Event(StorageEvent::Failed {
-                        reason: "the storage thread exited".to_string(),
-                    }),
-                }),
-                recv(self.stop) -> _ => Some(Input::Stop),
-                recv(self.network) -> msg => Some(match msg {
-                    Ok(msg) => Input::Message(msg),
-                    // The transport owns the only other sender; it is gone
-                    // only at shutdown.
-                    Err(_) => Input::Stop,
-                }),
-                recv(commands) -> command => Some(match command {
-                    Ok(command) => Input::Command(command),
-                    Err(_) => Input::Stop,
-                }),
-                recv(self.ticks) -> _ => Some(Input::Tick),
-                recv(self.doorbell.rung()) -> _ => None,
-                recv(timeout) -> _ => None,
+            loop {
+                if let Some(input) = self.try_input_unless_held(expecting) {
+                    break Some(input);
+                }
+                if expecting && self.doorbell.is_rung() {
+                    break self.try_input();
+                }
+                let now = Instant::now();
+                if deadline.is_some_and(|deadline| now >= deadline) {
+                    // The hold is over: whatever is queued, or None.
+                    break self.try_input();
+                }
+                let next_tick = self.next_tick.get();
+                let wake_by = deadline.map_or(next_tick, |deadline| deadline.min(next_tick));
+                self.wakeup.sleep_until(wake_by, || {
+                    self.input_queued(expecting) || (expecting && self.doorbell.is_rung())
+                });
             }
         };
-        if expecting || woken.is_none() {
+        if expecting {
             self.doorbell.clear();
         }
-        woken.or_else(|| self.try_input())
+        input
+    }
+
+    /// Whether an input is queued (commands only when not `held`: then a
+    /// ring of the doorbell stands for them) or a tick is due.
+    fn input_queued(&self, held: bool) -> bool {
+        !self.storage_events.is_empty()
+            || !self.stop.is_empty()
+            || !self.network.is_empty()
+            || (!held && !self.commands.is_empty())
+            || Instant::now() >= self.next_tick.get()
+    }
+
+    /// [`StateMachine::try_input`], leaving commands queued while `held`.
+    fn try_input_unless_held(&self, held: bool) -> Option<Input> {
+        if !held {
+            return self.try_input();
+        }
+        self.try_event_stop_or_message().or_else(|| self.try_tick())
     }
 
     /// The next queued input, if any. Storage events come first: they
     /// carry this node's own votes, which unblock everything else; then
     /// the stop signal, peer messages, commands, ticks.
     fn try_input(&self) -> Option<Input> {
+        if let Some(input) = self.try_event_stop_or_message() {
+            return Some(input);
+        }
+        match self.commands.try_recv() {
+            Ok(command) => return Some(Input::Command(command)),
+            // Every handle is gone (it sends the stop signal too).
+            Err(TryRecvError::Disconnected) => return Some(Input::Stop),
+            Err(TryRecvError::Empty) => {}
+        }
+        self.try_tick()
+    }
+
+    fn try_event_stop_or_message(&self) -> Option<Input> {
         match self.storage_events.try_recv() {
             Ok(event) => return Some(Input::Event(event)),
             Err(TryRecvError::Disconnected) => {
@@ -313,19 +345,28 @@ impl StateMachine {
             }
             Err(TryRecvError::Empty) => {}
         }
-        if self.stop.try_recv().is_ok() {
-            return Some(Input::Stop);
+        match self.stop.try_recv() {
+            Ok(()) | Err(TryRecvError::Disconnected) => return Some(Input::Stop),
+            Err(TryRecvError::Empty) => {}
         }
-        if let Ok(msg) = self.network.try_recv() {
-            return Some(Input::Message(msg));
+        match self.network.try_recv() {
+            Ok(msg) => Some(Input::Message(msg)),
+            // The transport owns the only other sender; it is gone only at
+            // shutdown.
+            Err(TryRecvError::Disconnected) => Some(Input::Stop),
+            Err(TryRecvError::Empty) => None,
         }
-        if let Ok(command) = self.commands.try_recv() {
-            return Some(Input::Command(command));
+    }
+
+    /// A tick, once one is due; the next is due a tick later (ticks missed
+    /// while the SMT was busy are not made up).
+    fn try_tick(&self) -> Option<Input> {
+        let now = Instant::now();
+        if now < self.next_tick.get() {
+            return None;
         }
-        if self.ticks.try_recv().is_ok() {
-            return Some(Input::Tick);
-        }
-        None
+        self.next_tick.set(now + self.tick);
+        Some(Input::Tick)
     }
 
     /// Handles one input. Proposals wait in `batched` for the end of the

@@ -31,7 +31,7 @@ use spaxos_storage::{Storage, StorageError};
 use tracing::{debug, error, info, warn};
 
 use super::error::Error;
-use super::queues::{Job, StorageEvent, StorageInput, GROUP_COMMIT_INPUTS_MAX};
+use super::queues::{Job, StorageEvent, StorageInput, Wakeup, GROUP_COMMIT_INPUTS_MAX};
 use super::status::{Counters, Shared};
 use crate::transport::TransportHandle;
 
@@ -56,6 +56,8 @@ pub(crate) struct StorageThread {
     pub reopen: Option<ReopenStorage>,
     pub inputs: Receiver<StorageInput>,
     pub events: Sender<StorageEvent>,
+    /// Wakes the SMT after an event is queued.
+    pub wakeup: Arc<Wakeup>,
     pub transport: Arc<TransportHandle>,
     pub shared: Arc<Shared>,
     pub self_id: NodeId,
@@ -166,7 +168,8 @@ impl StorageThread {
             return;
         };
         let records_len = jobs.iter().map(|job| job.records.len()).sum();
-        let (transport, events, self_id) = (&self.transport, &self.events, self.self_id);
+        let events = (&self.events, &*self.wakeup);
+        let (transport, self_id) = (&self.transport, self.self_id);
         if records_len > 0 {
             let mut records: Vec<Record> = Vec::with_capacity(records_len);
             for job in jobs.iter_mut() {
@@ -343,6 +346,7 @@ impl StorageThread {
                     recovered: Box::new(recovered),
                     cause: write_error.to_string(),
                 });
+                self.wakeup.notify();
             }
             Err(recover_error) => self.stop(format!(
                 "storage write failed ({write_error}) and recovery failed: {recover_error}"
@@ -355,6 +359,7 @@ impl StorageThread {
         self.storage = None;
         self.shared.fail(reason.clone());
         let _ = self.events.send(StorageEvent::Failed { reason });
+        self.wakeup.notify();
     }
 }
 
@@ -364,7 +369,7 @@ impl StorageThread {
 fn release_messages(
     jobs: &mut [Job],
     transport: &TransportHandle,
-    events: &Sender<StorageEvent>,
+    (events, wakeup): (&Sender<StorageEvent>, &Wakeup),
     self_id: NodeId,
     generation: u64,
 ) {
@@ -388,6 +393,7 @@ fn release_messages(
             generation,
             messages: to_self,
         });
+        wakeup.notify();
     }
 }
 

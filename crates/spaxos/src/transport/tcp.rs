@@ -151,6 +151,8 @@ struct Shared {
     backoff_min: Duration,
     backoff_max: Duration,
     inbound: crossbeam_channel::Sender<Message>,
+    /// Called after each message queued on `inbound`.
+    on_inbound: Box<dyn Fn() + Send + Sync>,
     /// Per member, the number of inbound connections it has opened. Only
     /// the newest one is served: a peer that reconnects (it restarted, or
     /// its side of the old connection died) replaces its old connection, so
@@ -182,6 +184,17 @@ impl Transport {
         config: &Config,
         inbound: crossbeam_channel::Sender<Message>,
     ) -> Result<TransportHandle, TransportError> {
+        Transport::start_notifying(config, inbound, Box::new(|| {}))
+    }
+
+    /// [`Transport::start`], calling `on_inbound` after each message is
+    /// queued on `inbound`: for a receiver that sleeps on its own wake-up
+    /// (the runtime's state machine) rather than on the channel.
+    pub fn start_notifying(
+        config: &Config,
+        inbound: crossbeam_channel::Sender<Message>,
+        on_inbound: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<TransportHandle, TransportError> {
         config.validate()?;
         // validate() guarantees selfid is a member with a parsable address.
         let addr = config
@@ -208,6 +221,7 @@ impl Transport {
             backoff_min: Duration::from_millis(config.reconnect_backoff_min_ms),
             backoff_max: Duration::from_millis(config.reconnect_backoff_max_ms),
             inbound,
+            on_inbound,
             inbound_generations: config
                 .member_ids()
                 .into_iter()
@@ -659,7 +673,10 @@ async fn receive(
 async fn deliver(mut msg: Message, shared: &Shared) -> Result<(), SessionError> {
     loop {
         match shared.inbound.try_send(msg) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                (shared.on_inbound)();
+                return Ok(());
+            }
             Err(TrySendError::Full(back)) => {
                 msg = back;
                 tokio::time::sleep(INBOUND_FULL_RETRY).await;
