@@ -542,7 +542,7 @@ impl DiskStorage {
             Record::Chosen(_) | Record::ChosenRange { .. } => {
                 let marks = record.chosen_indices().expect("a chosen mark");
                 let index = marks.start() + entry as u64;
-                if !self.state.apply_chosen(index) {
+                if !self.state.apply_chosen_range(index, index) {
                     return Some(index);
                 }
                 Some(index)

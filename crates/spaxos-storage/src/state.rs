@@ -160,26 +160,13 @@ impl<V: HeldValue> LogState<V> {
                 "record {position}: chosen mark for index 0"
             )));
         }
-        if index <= self.compacted_through {
-            return Ok(());
-        }
-        let has_value = match in_batch.latest(index) {
-            Some(has_value) => has_value,
-            None => self
-                .slots
-                .get(&index)
-                .is_some_and(|slot| slot.value.is_some()),
-        };
-        if !has_value {
-            return Err(StorageError::invalid(format!(
-                "record {position}: chosen mark for index {index}, which holds no value"
-            )));
-        }
-        Ok(())
+        self.validate_chosen_range(position, index, index, in_batch)
     }
 
-    /// [`LogState::validate_chosen`] for every live index of `first..=last`,
-    /// walking the held slots once instead of looking each index up.
+    /// Checks the chosen marks of every live index of `first..=last` (those
+    /// at or below the compaction point are ignored): a value is held
+    /// there, given earlier in the batch (`in_batch`) or already. One walk
+    /// over the held slots, not a lookup per index.
     fn validate_chosen_range(
         &self,
         position: usize,
@@ -253,28 +240,11 @@ impl<V: HeldValue> LogState<V> {
         }
     }
 
-    /// Applies a `Chosen` mark; false if the index holds no value (the caller
-    /// treats that as corruption when replaying, validation prevents it when
-    /// writing).
-    pub fn apply_chosen(&mut self, index: Index) -> bool {
-        if index <= self.compacted_through {
-            return true;
-        }
-        match self.slots.get_mut(&index) {
-            Some(slot) if slot.value.is_some() => {
-                slot.chosen = true;
-                if self.chosen_through.checked_add(1) == Some(index) {
-                    self.advance_chosen_through();
-                }
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Applies the `Chosen` marks of `first..=last` (those at or below the
     /// compaction point are ignored) in one walk over the held slots; false
-    /// if some live index holds no value (the others are marked).
+    /// if some live index holds no value (the others are marked; the caller
+    /// treats that as corruption when replaying, validation prevents it
+    /// when writing).
     pub fn apply_chosen_range(&mut self, first: Index, last: Index) -> bool {
         let live = self.live_range(first, last);
         let (start, end) = (*live.start(), *live.end());
@@ -288,8 +258,12 @@ impl<V: HeldValue> LogState<V> {
                 marked += 1;
             }
         }
-        // Only marks reaching the index right after the prefix extend it.
-        if start <= self.chosen_through.saturating_add(1) {
+        // Only a mark for the index right after the prefix extends it.
+        if self
+            .chosen_through
+            .checked_add(1)
+            .is_some_and(|next| (start..=end).contains(&next))
+        {
             self.advance_chosen_through();
         }
         marked == end - start + 1
