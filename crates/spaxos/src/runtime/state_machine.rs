@@ -257,11 +257,10 @@ impl StateMachine {
         self.finish();
     }
 
-    /// Blocks for the next input, or until `deadline` (then whatever is
-    /// queued, or None; also None when a doorbell rung early finds nothing
-    /// queued yet). When
-    /// several are ready, `select!` picks one at random; the rest of the
-    /// round then takes queued inputs in priority order (`try_input`).
+    /// Waits for the next input (the first in `try_input`'s priority
+    /// order), or until `deadline` (then whatever is queued, or None; also
+    /// None when a doorbell rung early finds nothing queued yet). Sleeps on
+    /// the [`Wakeup`], at most until the next tick.
     ///
     /// While proposals are held (`deadline` set) it does not wake for each
     /// command but once the awaited proposers' commands are all queued
@@ -273,27 +272,23 @@ impl StateMachine {
         // Never more than the queue holds, or no one could ring.
         let count = self.gather.awaited.clamp(1, COMMAND_QUEUE_MAX / 2);
         let enough_queued = expecting && self.doorbell.expect(count, &self.commands);
-        let input = if enough_queued {
-            self.try_input()
-        } else {
-            loop {
-                if let Some(input) = self.try_input_unless_held(expecting) {
-                    break Some(input);
-                }
-                if expecting && self.doorbell.is_rung() {
-                    break self.try_input();
-                }
-                let now = Instant::now();
-                if deadline.is_some_and(|deadline| now >= deadline) {
-                    // The hold is over: whatever is queued, or None.
-                    break self.try_input();
-                }
-                let next_tick = self.next_tick.get();
-                let wake_by = deadline.map_or(next_tick, |deadline| deadline.min(next_tick));
-                self.wakeup.sleep_until(wake_by, || {
-                    self.input_queued(expecting) || (expecting && self.doorbell.is_rung())
-                });
+        let input = loop {
+            // Commands wait while the hold expects more of them.
+            let held = expecting && !enough_queued && !self.doorbell.is_rung();
+            if let Some(input) = self.try_input_unless_held(held) {
+                break Some(input);
             }
+            if expecting && !held {
+                break None;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|deadline| now >= deadline) {
+                // The hold is over: whatever is queued, or None.
+                break self.try_input();
+            }
+            let next_tick = self.next_tick.get();
+            let wake_by = deadline.map_or(next_tick, |deadline| deadline.min(next_tick));
+            self.wakeup.sleep_until(wake_by, || self.input_queued(held));
         };
         if expecting {
             self.doorbell.clear();
@@ -301,13 +296,17 @@ impl StateMachine {
         input
     }
 
-    /// Whether an input is queued (commands only when not `held`: then a
-    /// ring of the doorbell stands for them) or a tick is due.
+    /// Whether an input is queued or a tick is due. While `held`, commands
+    /// do not count; a ring of the doorbell stands for them.
     fn input_queued(&self, held: bool) -> bool {
         !self.storage_events.is_empty()
             || !self.stop.is_empty()
             || !self.network.is_empty()
-            || (!held && !self.commands.is_empty())
+            || if held {
+                self.doorbell.is_rung()
+            } else {
+                !self.commands.is_empty()
+            }
             || Instant::now() >= self.next_tick.get()
     }
 
