@@ -1,6 +1,7 @@
 //! Storage write errors: the failed batch is never acknowledged, the node
 //! rebuilds from what is durable (the seed's rebuild) and carries on, or
-//! stops with a clear error when storage cannot be recovered.
+//! stops with a clear error when storage cannot be recovered. Also a leader
+//! whose disk stalls, and the writes the runtime makes.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spaxos::{
-    ChosenItem, Config, Index, MemStorage, NodeId, Outcome, ProposalError, ProposeError, Spaxos,
-    Storage, StorageError, Value,
+    ChosenItem, Config, Index, MemStorage, NodeId, Outcome, ProposalError, ProposeError, Role,
+    Spaxos, Storage, StorageError, Value,
 };
 use spaxos_core::{Record, RecoveredState};
 
@@ -47,16 +48,28 @@ fn node_config(ports: &[u16], selfid: NodeId) -> Config {
     Config::from_json(&json).expect("test config parses")
 }
 
-/// A switch shared by a test and its [`TestStorage`].
+/// Switches shared by a test and its [`TestStorage`].
 #[derive(Clone, Default)]
 struct WriteFaults {
     failing: Arc<AtomicBool>,
     failed_writes: Arc<AtomicU64>,
+    /// Writes wait while this is on (a disk that stalls).
+    stalled: Arc<AtomicBool>,
+    /// Writes that found the disk stalled and waited.
+    stalled_writes: Arc<AtomicU64>,
 }
 
 impl WriteFaults {
     fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    fn stalled_writes(&self) -> u64 {
+        self.stalled_writes.load(Ordering::SeqCst)
     }
 
     fn failed_writes(&self) -> u64 {
@@ -99,6 +112,16 @@ impl TestStorage {
         }
     }
 
+    fn wait_while_stalled(&self) {
+        if !self.faults.stalled.load(Ordering::SeqCst) {
+            return;
+        }
+        self.faults.stalled_writes.fetch_add(1, Ordering::SeqCst);
+        while self.faults.stalled.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn injected_failure(&self) -> Result<(), StorageError> {
         if !self.faults.failing.load(Ordering::SeqCst) {
             return Ok(());
@@ -120,6 +143,7 @@ impl TestStorage {
 
 impl Storage for TestStorage {
     fn write(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        self.wait_while_stalled();
         self.injected_failure()?;
         let result = self.inner.write(batch);
         self.log(false, batch.len());
@@ -127,6 +151,7 @@ impl Storage for TestStorage {
     }
 
     fn write_deferred(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        self.wait_while_stalled();
         self.injected_failure()?;
         let result = self.inner.write_deferred(batch);
         self.log(true, batch.len());
@@ -160,6 +185,15 @@ impl Storage for TestStorage {
 
     fn compact(&mut self, through: Index) -> Result<(), StorageError> {
         self.inner.compact(through)
+    }
+}
+
+/// Ends a stall when dropped.
+struct Unstall<'a>(&'a WriteFaults);
+
+impl Drop for Unstall<'_> {
+    fn drop(&mut self) {
+        self.0.set_stalled(false);
     }
 }
 
@@ -277,6 +311,61 @@ fn a_node_with_a_failing_disk_rejoins_with_an_identical_log() {
     let distinct: HashSet<u64> = reqids.iter().copied().collect();
     assert_eq!(distinct.len(), reqids.len(), "a reqid appears twice");
     assert_eq!(distinct, (1..=41).collect());
+}
+
+/// With `send_accepts_before_persist` (the default) a leader sends its
+/// accepts without waiting for its own write of them, so while its disk
+/// stalls the two followers still choose its proposals; it learns them once
+/// its write completes, and every log ends the same.
+#[test]
+fn a_leader_whose_disk_stalls_still_gets_proposals_chosen_by_its_followers() {
+    init_tracing();
+    let ports = free_ports(3);
+    let (nodes, switches): (Vec<Spaxos>, Vec<WriteFaults>) =
+        (1..=3).map(|id| flaky_node(&ports, id)).unzip();
+    chosen_index(&nodes[0], 1);
+    let started = Instant::now();
+    let leader = loop {
+        if let Some(leader) = nodes.iter().position(|n| n.status().role == Role::Leader) {
+            break leader;
+        }
+        assert!(started.elapsed() < WAIT, "no leader");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+
+    switches[leader].set_stalled(true);
+    // Dropped before the nodes if an assertion fails, so that their
+    // shutdown does not wait forever on the stalled write.
+    let unstall = Unstall(&switches[leader]);
+    let mut last = 0;
+    for reqid in 2..=11 {
+        last = last.max(chosen_index(&nodes[leader], reqid));
+    }
+    // Every write of the leader since the stall is still waiting, so these
+    // were chosen by the followers' votes alone.
+    assert!(
+        switches[leader].stalled_writes() > 0,
+        "the leader wrote nothing while its disk stalled"
+    );
+    assert_eq!(nodes[leader].status().role, Role::Leader);
+    let followers: Vec<&Spaxos> = (0..3).filter(|&i| i != leader).map(|i| &nodes[i]).collect();
+    let follower_log = ordered_items(followers[0], 1, last);
+    let reqids: Vec<u64> = follower_log
+        .iter()
+        .filter_map(|i| i.value.reqid())
+        .collect();
+    assert_eq!(reqids, (1..=11).collect::<Vec<u64>>());
+    assert_eq!(ordered_items(followers[1], 1, last), follower_log);
+
+    drop(unstall);
+    assert_eq!(ordered_items(&nodes[leader], 1, last), follower_log);
+    last = last.max(chosen_index(&nodes[leader], 12));
+    let logs: Vec<Vec<ChosenItem>> = nodes.iter().map(|n| ordered_items(n, 1, last)).collect();
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(logs[0], logs[2]);
+    for node in &nodes {
+        node.shutdown();
+    }
 }
 
 #[test]
