@@ -1,6 +1,8 @@
 //! `cluster` mode: three nodes with the real runtime (threads, loopback TCP,
 //! on-disk storage with fdatasync in a temp dir) in this process, and
-//! `clients` threads each keeping one proposal outstanding (closed loop).
+//! `clients` threads each keeping one proposal outstanding (closed loop);
+//! with `--client-tasks` the clients are tasks on one tokio thread instead,
+//! and with `--rate` proposals come at a fixed rate (open loop).
 //!
 //! The machine's fdatasync p50 and loopback round-trip p50 are measured in
 //! the same run, so latency can be read against them. At the end every node
@@ -34,6 +36,13 @@ pub struct ClusterArgs {
     /// Client threads, each with one proposal outstanding.
     #[arg(long, default_value_t = 64)]
     clients: u64,
+    /// Run the `--clients` closed-loop clients as tasks on one tokio
+    /// thread, each awaiting its proposal's handle, instead of as threads
+    /// that block on it: what an application using the async API gets, and
+    /// how much of the threaded loop's cost is waking one thread per
+    /// answered proposal.
+    #[arg(long, default_value_t = false)]
+    client_tasks: bool,
     /// Open loop instead: propose at this many proposals per second
     /// whatever the latency (one issuing thread, outcomes awaited on a
     /// tokio runtime), timing each from when it was due, so a stall shows
@@ -360,6 +369,61 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
                 }
             }
         }));
+    } else if args.client_tasks {
+        let (nodes, stop, tally, payload) =
+            (nodes.clone(), stop.clone(), tally.clone(), payload.clone());
+        let clients = args.clients;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let targets: Vec<usize> = (0..clients)
+            .map(|client| match args.target {
+                Target::Leader => leader,
+                Target::All => client as usize % nodes.len(),
+            })
+            .collect();
+        let spawned = std::thread::Builder::new()
+            .name("bench-client-tasks".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let tasks: Vec<_> = targets
+                        .into_iter()
+                        .map(|target| {
+                            let (nodes, stop, tally, payload) =
+                                (nodes.clone(), stop.clone(), tally.clone(), payload.clone());
+                            tokio::spawn(async move {
+                                let mut latencies = latency_histogram().expect("histogram bounds");
+                                while !stop.load(Ordering::Relaxed) {
+                                    let n = tally.issued.fetch_add(1, Ordering::Relaxed);
+                                    if n >= limit {
+                                        break;
+                                    }
+                                    let t = Instant::now();
+                                    let value = Bytes::copy_from_slice(&payload);
+                                    let outcome = match nodes[target].propose(n + 1, value) {
+                                        Ok(handle) => handle.await.ok(),
+                                        Err(_) => None,
+                                    };
+                                    tally.count(outcome, t.elapsed(), &mut latencies);
+                                }
+                                latencies
+                            })
+                        })
+                        .collect();
+                    for task in tasks {
+                        if let Ok(latencies) = task.await {
+                            tally
+                                .latencies
+                                .lock()
+                                .expect("histogram lock")
+                                .add(&latencies)
+                                .expect("same bounds");
+                        }
+                    }
+                });
+            })
+            .map_err(|e| format!("client thread: {e}"))?;
+        threads.push(spawned);
     } else {
         for client in 0..args.clients {
             let (nodes, stop, tally, payload) =
@@ -502,6 +566,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         "n": ok,
         "value_size": args.value_size,
         "clients": if args.rate.is_some() { 0 } else { args.clients },
+        "client_tasks": args.client_tasks && args.rate.is_none(),
         "rate": args.rate,
         "target": format!("{:?}", args.target).to_lowercase(),
         "accepts_before_persist": args.accepts_before_persist,
