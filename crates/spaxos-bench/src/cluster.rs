@@ -152,6 +152,24 @@ fn median(samples: &mut [f64]) -> f64 {
     samples[samples.len() / 2]
 }
 
+/// Starts the cluster, again with new ports and a new directory if a node
+/// fails to start: the ports are found free and then bound by the nodes,
+/// and another process may take one in between. The error goes to stderr.
+fn start_cluster_retrying(dir: &Path, args: &ClusterArgs) -> Result<Vec<Spaxos>, String> {
+    const ATTEMPTS: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        match start_cluster(&dir.join(format!("attempt{attempt}")), args) {
+            Ok(nodes) => return Ok(nodes),
+            Err(error) if attempt < ATTEMPTS => {
+                eprintln!("cluster start failed ({error}); retrying with new ports");
+                attempt += 1;
+            }
+            Err(error) => return Err(format!("cluster start failed {ATTEMPTS} times: {error}")),
+        }
+    }
+}
+
 fn start_cluster(dir: &Path, args: &ClusterArgs) -> Result<Vec<Spaxos>, String> {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
     let groups: Vec<serde_json::Value> = (0..3)
@@ -312,7 +330,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         .map_err(|e| format!("temp dir in {}: {e}", parent.display()))?;
     let fsync_p50 = fsync_p50_us(tmp.path())?;
     let rtt_p50 = rtt_p50_us()?;
-    let nodes = Arc::new(start_cluster(tmp.path(), args)?);
+    let nodes = Arc::new(start_cluster_retrying(tmp.path(), args)?);
     let leader = wait_for_leader(&nodes, Duration::from_secs(20))?;
     let rss_start_kib = rss_kib();
 
