@@ -537,11 +537,11 @@ impl StateMachine {
         };
         // The job goes first: a caller told "chosen at i" that then asks
         // get(i) finds the value, since its request queues behind this job.
-        // It also goes before the messages sent now: waking the network
-        // thread on this core lets it run at once, and with it the peers'
-        // threads its writes wake, while this thread waits to hand over the
-        // job; the leader's own write then started ~120-200 us after its
-        // accepts left and was the last vote of its round to be durable.
+        // It also goes before `messages_now`: waking the NT lets it run at
+        // once on this core, and with it the peer threads its socket writes
+        // wake, before this thread hands over the job. Sent first, the
+        // accepts left the leader's own write 120-200 us behind them, the
+        // round's last vote to become durable.
         let mut flow = Flow::Continue;
         if !job.is_empty() && !self.send_to_storage(StorageInput::Job(job)) {
             self.stop_with("the storage thread exited".to_string());
