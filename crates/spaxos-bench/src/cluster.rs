@@ -429,14 +429,15 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
                         })
                         .collect();
                     for task in tasks {
-                        if let Ok(latencies) = task.await {
-                            tally
-                                .latencies
-                                .lock()
-                                .expect("histogram lock")
-                                .add(&latencies)
-                                .expect("same bounds");
-                        }
+                        // A task that panicked fails the run, as a client
+                        // thread that panicked does.
+                        let latencies = task.await.expect("a client task panicked");
+                        tally
+                            .latencies
+                            .lock()
+                            .expect("histogram lock")
+                            .add(&latencies)
+                            .expect("same bounds");
                     }
                 });
             })
