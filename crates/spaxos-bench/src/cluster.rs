@@ -79,6 +79,16 @@ enum Target {
     All,
 }
 
+impl Target {
+    /// The node (position in the cluster) client number `client` proposes on.
+    fn node_of(self, client: u64, leader: usize, nodes: usize) -> usize {
+        match self {
+            Target::Leader => leader,
+            Target::All => client as usize % nodes,
+        }
+    }
+}
+
 fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
@@ -307,6 +317,25 @@ impl Tally {
             .fetch_max(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// The reqid of a closed-loop client's next proposal, or None once the
+    /// run is stopped or `limit` proposals were issued.
+    fn next_reqid(&self, stop: &AtomicBool, limit: u64) -> Option<u64> {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        (n < limit).then_some(n + 1)
+    }
+
+    /// Adds a client's latencies to the run's.
+    fn merge(&self, latencies: &Histogram<u64>) {
+        self.latencies
+            .lock()
+            .expect("histogram lock")
+            .add(latencies)
+            .expect("same bounds");
+    }
+
     /// Proposals with an outcome, chosen or not.
     fn finished(&self) -> u64 {
         self.chosen.load(Ordering::Relaxed) + self.errors.load(Ordering::Relaxed)
@@ -395,10 +424,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
             .build()
             .map_err(|e| format!("tokio runtime: {e}"))?;
         let targets: Vec<usize> = (0..clients)
-            .map(|client| match args.target {
-                Target::Leader => leader,
-                Target::All => client as usize % nodes.len(),
-            })
+            .map(|client| args.target.node_of(client, leader, nodes.len()))
             .collect();
         let spawned = std::thread::Builder::new()
             .name("bench-client-tasks".into())
@@ -411,14 +437,10 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
                                 (nodes.clone(), stop.clone(), tally.clone(), payload.clone());
                             tokio::spawn(async move {
                                 let mut latencies = latency_histogram().expect("histogram bounds");
-                                while !stop.load(Ordering::Relaxed) {
-                                    let n = tally.issued.fetch_add(1, Ordering::Relaxed);
-                                    if n >= limit {
-                                        break;
-                                    }
+                                while let Some(reqid) = tally.next_reqid(&stop, limit) {
                                     let t = Instant::now();
                                     let value = Bytes::copy_from_slice(&payload);
-                                    let outcome = match nodes[target].propose(n + 1, value) {
+                                    let outcome = match nodes[target].propose(reqid, value) {
                                         Ok(handle) => handle.await.ok(),
                                         Err(_) => None,
                                     };
@@ -431,13 +453,7 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
                     for task in tasks {
                         // A task that panicked fails the run, as a client
                         // thread that panicked does.
-                        let latencies = task.await.expect("a client task panicked");
-                        tally
-                            .latencies
-                            .lock()
-                            .expect("histogram lock")
-                            .add(&latencies)
-                            .expect("same bounds");
+                        tally.merge(&task.await.expect("a client task panicked"));
                     }
                 });
             })
@@ -447,32 +463,20 @@ pub fn run(args: &ClusterArgs) -> Result<(), String> {
         for client in 0..args.clients {
             let (nodes, stop, tally, payload) =
                 (nodes.clone(), stop.clone(), tally.clone(), payload.clone());
-            let target = match args.target {
-                Target::Leader => leader,
-                Target::All => client as usize % nodes.len(),
-            };
+            let target = args.target.node_of(client, leader, nodes.len());
             threads.push(std::thread::spawn(move || {
                 let mut latencies = latency_histogram().expect("histogram bounds");
-                while !stop.load(Ordering::Relaxed) {
-                    let n = tally.issued.fetch_add(1, Ordering::Relaxed);
-                    if n >= limit {
-                        break;
-                    }
+                while let Some(reqid) = tally.next_reqid(&stop, limit) {
                     let t = Instant::now();
                     let value = Bytes::copy_from_slice(&payload);
-                    let outcome = nodes[target].propose(n + 1, value).map(|h| h.wait());
+                    let outcome = nodes[target].propose(reqid, value).map(|h| h.wait());
                     tally.count(
                         outcome.ok().and_then(Result::ok),
                         t.elapsed(),
                         &mut latencies,
                     );
                 }
-                tally
-                    .latencies
-                    .lock()
-                    .expect("histogram lock")
-                    .add(&latencies)
-                    .expect("same bounds");
+                tally.merge(&latencies);
             }));
         }
     }
