@@ -44,8 +44,8 @@ pub use storage_thread::ReopenStorage;
 use crate::config::Config;
 use crate::transport::{Transport, TransportHandle};
 use queues::{
-    Command, CommandSender, Doorbell, StorageInput, Wakeup, COMMAND_QUEUE_MAX, NETWORK_QUEUE_MAX,
-    STORAGE_EVENT_QUEUE_MAX, STORAGE_QUEUE_MAX, SUBSCRIBER_QUEUE_MAX,
+    Command, CommandSender, Doorbell, EventSender, StorageInput, Wakeup, COMMAND_QUEUE_MAX,
+    NETWORK_QUEUE_MAX, STORAGE_EVENT_QUEUE_MAX, STORAGE_QUEUE_MAX, SUBSCRIBER_QUEUE_MAX,
 };
 use slot::{slot, Bells, Received, SlotReceiver};
 use state_machine::{StateMachine, StateMachineParts};
@@ -187,8 +187,7 @@ impl Spaxos {
             storage: Some(storage),
             reopen,
             inputs: storage_rx,
-            events: events_tx,
-            wakeup: Arc::clone(&wakeup),
+            events: EventSender::new(events_tx, Arc::clone(&wakeup)),
             transport: Arc::clone(&transport),
             shared: Arc::clone(&shared),
             self_id: id,

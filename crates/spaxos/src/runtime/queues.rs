@@ -40,9 +40,9 @@ const _: () = assert!(STORAGE_QUEUE_MAX > 0 && COMMAND_QUEUE_MAX > 0);
 const _: () = assert!(GROUP_COMMIT_INPUTS_MAX >= STORAGE_QUEUE_MAX);
 
 /// Where the SMT sleeps when none of its queues holds an input, and what
-/// wakes it: every producer (the transport, the ST, proposers through the
-/// [`Doorbell`], the stop signal) calls [`Wakeup::notify`] after it queues
-/// something.
+/// wakes it: every producer (the transport, the ST through its
+/// [`EventSender`], proposers through the [`Doorbell`], the stop signal)
+/// calls [`Wakeup::notify`] after it queues something.
 ///
 /// The SMT takes inputs only with `try_recv`, so no queue's own waker is
 /// ever registered and a send never takes a channel's waker lock. With a
@@ -187,6 +187,26 @@ impl CommandSender {
     ) -> Result<(), SendTimeoutError<Command>> {
         self.queue.send_timeout(command, timeout)?;
         self.doorbell.queued(&self.queue);
+        Ok(())
+    }
+}
+
+/// ST → SMT: the storage-event queue's sending side, which notifies the SMT
+/// after every event it queues.
+pub(crate) struct EventSender {
+    queue: Sender<StorageEvent>,
+    wakeup: Arc<Wakeup>,
+}
+
+impl EventSender {
+    pub(crate) fn new(queue: Sender<StorageEvent>, wakeup: Arc<Wakeup>) -> EventSender {
+        EventSender { queue, wakeup }
+    }
+
+    /// Queues `event`, waiting while the queue is full.
+    pub(crate) fn send(&self, event: StorageEvent) -> Result<(), SendError<StorageEvent>> {
+        self.queue.send(event)?;
+        self.wakeup.notify();
         Ok(())
     }
 }

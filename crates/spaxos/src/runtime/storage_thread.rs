@@ -25,13 +25,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use spaxos_core::{Body, Message, NodeId, ReadRequest, Record};
 use spaxos_storage::{Storage, StorageError};
 use tracing::{debug, error, info, warn};
 
 use super::error::Error;
-use super::queues::{Job, StorageEvent, StorageInput, Wakeup, GROUP_COMMIT_INPUTS_MAX};
+use super::queues::{EventSender, Job, StorageEvent, StorageInput, GROUP_COMMIT_INPUTS_MAX};
 use super::status::{Counters, Shared};
 use crate::transport::TransportHandle;
 
@@ -55,9 +55,7 @@ pub(crate) struct StorageThread {
     pub storage: Option<Box<dyn Storage>>,
     pub reopen: Option<ReopenStorage>,
     pub inputs: Receiver<StorageInput>,
-    pub events: Sender<StorageEvent>,
-    /// Wakes the SMT after an event is queued.
-    pub wakeup: Arc<Wakeup>,
+    pub events: EventSender,
     pub transport: Arc<TransportHandle>,
     pub shared: Arc<Shared>,
     pub self_id: NodeId,
@@ -168,8 +166,7 @@ impl StorageThread {
             return;
         };
         let records_len = jobs.iter().map(|job| job.records.len()).sum();
-        let events = (&self.events, &*self.wakeup);
-        let (transport, self_id) = (&self.transport, self.self_id);
+        let (events, transport, self_id) = (&self.events, &self.transport, self.self_id);
         if records_len > 0 {
             let mut records: Vec<Record> = Vec::with_capacity(records_len);
             for job in jobs.iter_mut() {
@@ -346,7 +343,6 @@ impl StorageThread {
                     recovered: Box::new(recovered),
                     cause: write_error.to_string(),
                 });
-                self.wakeup.notify();
             }
             Err(recover_error) => self.stop(format!(
                 "storage write failed ({write_error}) and recovery failed: {recover_error}"
@@ -359,7 +355,6 @@ impl StorageThread {
         self.storage = None;
         self.shared.fail(reason.clone());
         let _ = self.events.send(StorageEvent::Failed { reason });
-        self.wakeup.notify();
     }
 }
 
@@ -369,7 +364,7 @@ impl StorageThread {
 fn release_messages(
     jobs: &mut [Job],
     transport: &TransportHandle,
-    (events, wakeup): (&Sender<StorageEvent>, &Wakeup),
+    events: &EventSender,
     self_id: NodeId,
     generation: u64,
 ) {
@@ -393,7 +388,6 @@ fn release_messages(
             generation,
             messages: to_self,
         });
-        wakeup.notify();
     }
 }
 
