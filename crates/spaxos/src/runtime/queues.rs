@@ -365,10 +365,6 @@ mod tests {
         }
     }
 
-    fn rung(doorbell: &Doorbell) -> bool {
-        doorbell.is_rung()
-    }
-
     #[test]
     fn rings_only_while_expecting_and_once_enough_are_queued() {
         let (queue, taken) = bounded(16);
@@ -378,7 +374,7 @@ mod tests {
             doorbell.queued(&queue);
         }
         assert!(
-            !rung(&doorbell),
+            !doorbell.is_rung(),
             "no one expects: the queue's own wake-ups serve"
         );
         while taken.try_recv().is_ok() {}
@@ -387,13 +383,13 @@ mod tests {
         for expected_ring in [false, false, true] {
             queue.send(command()).unwrap();
             doorbell.queued(&queue);
-            assert_eq!(rung(&doorbell), expected_ring);
+            assert_eq!(doorbell.is_rung(), expected_ring);
         }
         assert!(doorbell.expect(3, &taken), "three are queued already");
         doorbell.clear();
         queue.send(command()).unwrap();
         doorbell.queued(&queue);
-        assert!(!rung(&doorbell), "cleared");
+        assert!(!doorbell.is_rung(), "cleared");
     }
 
     #[test]
@@ -404,7 +400,7 @@ mod tests {
         queue.send(command()).unwrap();
         doorbell.queued(&queue);
         doorbell.clear();
-        assert!(!rung(&doorbell));
+        assert!(!doorbell.is_rung());
     }
 
     /// A submitter and a waiter race, round by round: the waiter lets the
