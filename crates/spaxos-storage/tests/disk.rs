@@ -398,6 +398,81 @@ fn deferred_marks_reach_the_disk_only_inside_the_next_write() {
     assert_eq!(store.recover(10).unwrap().chosen_through, 3);
 }
 
+/// A batch taken unsynced writes no bytes: reads see it at once, the next
+/// write carries it in its own synced frame (with the deferred marks taken
+/// before it, in order), and a crash before then loses it.
+#[test]
+fn unsynced_batches_reach_the_disk_only_inside_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions {
+        segment_bytes_max: 1 << 20,
+        preallocate: Preallocate::ZeroFill,
+    };
+    let mut store = open(dir.path(), options);
+    store.write(&[accepted(1, 1, value(1, 40))]).unwrap();
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let before = fs::read(&segment).unwrap();
+    store.write_deferred(&[Record::Chosen(1)]).unwrap();
+    assert!(!store
+        .write_unsynced(&[accepted(2, 1, value(2, 40))])
+        .unwrap());
+    assert!(!store.write_unsynced(&[Record::Chosen(2)]).unwrap());
+    assert_eq!(
+        fs::read(&segment).unwrap(),
+        before,
+        "an unsynced batch wrote bytes"
+    );
+    assert!(store.unsynced());
+    assert_eq!(
+        store.deferred_marks(),
+        0,
+        "the marks went ahead of the batch"
+    );
+    assert_eq!(store.chosen(2).unwrap(), Some(value(2, 40)));
+    assert_eq!(store.recover(10).unwrap().chosen_through, 2);
+    let syncs = store.syncs();
+    store.write(&[accepted(3, 1, value(3, 40))]).unwrap();
+    assert_eq!(store.syncs(), syncs.map(|n| n + 1), "one sync for all");
+    assert!(!store.unsynced());
+    assert_eq!(
+        store.chosen(2).unwrap(),
+        Some(value(2, 40)),
+        "read back from disk"
+    );
+
+    // Taken unsynced, then a crash: the disk holds what the last write left.
+    assert!(!store
+        .write_unsynced(&[accepted(4, 1, value(4, 40))])
+        .unwrap());
+    let at_crash = fs::read(&segment).unwrap();
+    drop(store);
+    fs::write(&segment, &at_crash).unwrap();
+    let mut store = open(dir.path(), options);
+    let recovered = store.recover(10).unwrap();
+    assert_eq!(recovered.chosen_through, 2);
+    let held: Vec<u64> = recovered.instances.iter().map(|i| i.index).collect();
+    assert_eq!(held, vec![3]);
+
+    // An empty write makes what waits durable, and so does closing.
+    assert!(!store
+        .write_unsynced(&[accepted(4, 1, value(4, 40))])
+        .unwrap());
+    store.write(&[]).unwrap();
+    assert!(!store
+        .write_unsynced(&[accepted(5, 1, value(5, 40))])
+        .unwrap());
+    drop(store);
+    let store = open(dir.path(), options);
+    let held: Vec<u64> = store
+        .recover(10)
+        .unwrap()
+        .instances
+        .iter()
+        .map(|i| i.index)
+        .collect();
+    assert_eq!(held, vec![3, 4, 5]);
+}
+
 /// Deferred marks are bounded: past 65,536 waiting, the next deferred batch
 /// is written at once with all of them.
 #[test]

@@ -1,5 +1,6 @@
-//! Property test: any sequence of writes, compactions and reopens leaves
-//! `MemStorage` and `DiskStorage` in the same state as a simple model.
+//! Property test: any sequence of writes (synced, unsynced, deferred
+//! marks), compactions, reopens and crashes leaves `MemStorage` and
+//! `DiskStorage` in the same state as a simple model.
 
 mod common;
 
@@ -154,8 +155,11 @@ impl Model {
 #[derive(Clone, Debug)]
 enum Op {
     Write(Vec<Record>),
+    WriteUnsynced(Vec<Record>),
+    WriteDeferred(Vec<Record>),
     Compact(Index),
     Reopen,
+    Crash,
 }
 
 fn value_strategy() -> impl Strategy<Value = Value> {
@@ -200,8 +204,19 @@ fn record_strategy() -> impl Strategy<Value = Record> {
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => prop::collection::vec(record_strategy(), 0..6).prop_map(Op::Write),
+        4 => prop::collection::vec(record_strategy(), 0..6).prop_map(Op::WriteUnsynced),
+        2 => prop::collection::vec(
+            prop_oneof![
+                3 => (1..=INDEX_MAX).prop_map(Record::Chosen),
+                1 => (1..=INDEX_MAX, 0..4u64).prop_map(|(first, more)| Record::ChosenRange { first, last: first + more }),
+                1 => record_strategy(),
+            ],
+            0..4
+        )
+        .prop_map(Op::WriteDeferred),
         1 => (0..=INDEX_MAX + 2).prop_map(Op::Compact),
         1 => Just(Op::Reopen),
+        1 => Just(Op::Crash),
     ]
 }
 
@@ -258,6 +273,8 @@ fn check<S: Storage>(store: &S, model: &Model, step: usize) -> Result<(), TestCa
 fn run<H: Harness>(harness: &mut H, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut store = harness.open();
     let mut model = Model::default();
+    // The model as of the store's last sync: what a crash keeps.
+    let mut durable = Model::default();
     for (step, op) in ops.iter().enumerate() {
         match op {
             Op::Write(batch) => {
@@ -270,12 +287,53 @@ fn run<H: Harness>(harness: &mut H, ops: &[Op]) -> Result<(), TestCaseError> {
                     step,
                     result.err()
                 );
+                // Written or refused, what the store held is synced now.
+                prop_assert!(
+                    !store.unsynced() && store.deferred_marks() == 0,
+                    "step {}",
+                    step
+                );
+            }
+            Op::WriteUnsynced(batch) => {
+                let accepted = model.write(batch);
+                let result = store.write_unsynced(batch);
+                prop_assert_eq!(
+                    result.is_ok(),
+                    accepted,
+                    "step {}: {:?}",
+                    step,
+                    result.err()
+                );
+                if let Ok(synced) = result {
+                    prop_assert_eq!(synced, !store.unsynced(), "step {}", step);
+                }
+            }
+            Op::WriteDeferred(batch) => {
+                let marks_only = batch.iter().all(|r| r.chosen_indices().is_some());
+                let accepted = marks_only && model.write(batch);
+                let result = store.write_deferred(batch);
+                prop_assert_eq!(
+                    result.is_ok(),
+                    accepted,
+                    "step {}: {:?}",
+                    step,
+                    result.err()
+                );
             }
             Op::Compact(through) => {
                 model.compact(*through);
+                durable.compact(*through);
                 store.compact(*through).unwrap();
             }
             Op::Reopen => store = harness.reopen(store),
+            Op::Crash => {
+                store = harness.crash(store);
+                model = durable.clone();
+            }
+        }
+        // A store that holds nothing unsynced has made all of it durable.
+        if !store.unsynced() && store.deferred_marks() == 0 {
+            durable = model.clone();
         }
         check(&store, &model, step)?;
     }

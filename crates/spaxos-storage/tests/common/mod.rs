@@ -81,6 +81,9 @@ pub trait Harness {
     fn open(&mut self) -> Self::S;
     /// Simulates a restart: the durable state is all that is kept.
     fn reopen(&mut self, store: Self::S) -> Self::S;
+    /// Simulates a crash: only what the store has synced is kept (a clean
+    /// close would write what it holds unsynced).
+    fn crash(&mut self, store: Self::S) -> Self::S;
 }
 
 pub struct MemHarness;
@@ -91,6 +94,10 @@ impl Harness for MemHarness {
         MemStorage::new()
     }
     fn reopen(&mut self, store: MemStorage) -> MemStorage {
+        store.clone()
+    }
+    fn crash(&mut self, store: MemStorage) -> MemStorage {
+        // Every write of a `MemStorage` is durable at once.
         store.clone()
     }
 }
@@ -121,4 +128,33 @@ impl Harness for DiskHarness {
         drop(store);
         self.open()
     }
+    fn crash(&mut self, store: DiskStorage) -> DiskStorage {
+        // The files as they are now, before the close writes anything.
+        let at_crash = files_in(self.dir.path());
+        drop(store);
+        for (path, _) in files_in(self.dir.path()) {
+            if !at_crash.iter().any(|(kept, _)| *kept == path) {
+                std::fs::remove_file(&path).expect("remove a file the close made");
+            }
+        }
+        for (path, data) in &at_crash {
+            std::fs::write(path, data).expect("restore a file");
+        }
+        self.open()
+    }
+}
+
+/// Every regular file in `dir` with its contents.
+fn files_in(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_file() {
+            // A helper may remove a temporary file meanwhile.
+            if let Ok(data) = std::fs::read(&path) {
+                files.push((path, data));
+            }
+        }
+    }
+    files
 }
