@@ -2,9 +2,7 @@
 //! files, one directory per node. The format is in docs/STORAGE.md.
 //!
 //! Only the state of each index (ballots, chosen flag) and the position of
-//! its value live in memory; values are read back from the segment files
-//! (those of batches taken by `write_unsynced` are held in memory until the
-//! next write puts them in a synced frame).
+//! its value live in memory; values are read back from the segment files.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -91,9 +89,6 @@ impl DiskOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ValueRef {
     Noop,
-    /// Taken by `write_unsynced` and not written yet: the next write puts
-    /// it in a synced frame and it becomes `Stored`.
-    Unsynced(Box<Value>),
     Stored {
         segment_id: u64,
         /// Byte offset of the record frame in the segment file.
@@ -108,14 +103,12 @@ impl HeldValue for ValueRef {
     fn reqid(&self) -> Option<ReqId> {
         match self {
             ValueRef::Noop => None,
-            ValueRef::Unsynced(value) => value.reqid(),
             ValueRef::Stored { reqid, .. } => Some(*reqid),
         }
     }
     fn payload_len(&self) -> usize {
         match self {
             ValueRef::Noop => 0,
-            ValueRef::Unsynced(value) => value.payload_len(),
             ValueRef::Stored { payload_len, .. } => *payload_len as usize,
         }
     }
@@ -162,15 +155,6 @@ pub struct DiskStorage {
     /// frame, so they reach the disk only inside a synced frame (never as
     /// unsynced bytes that a later synced frame could overtake).
     deferred: Vec<Index>,
-    /// Batches taken by `write_unsynced`, in order: already in `state`
-    /// (their values as `ValueRef::Unsynced`), and written at the front of
-    /// the next `write`'s batch frame, ahead of the deferred marks. Like
-    /// the marks they reach the disk only inside a synced frame: unsynced
-    /// bytes in the file could be torn by a crash while a later synced
-    /// frame survives, which recovery must refuse as corruption.
-    unsynced: Vec<Record>,
-    /// Payload bytes of the values in `unsynced`.
-    unsynced_bytes: usize,
     /// The next segment's file, being preallocated and synced by a helper
     /// thread since the active segment passed half its size.
     spare: Option<Spare>,
@@ -261,31 +245,13 @@ const ZERO_STEP_PAUSE: Duration = Duration::from_millis(2);
 /// at once.
 const DEFERRED_MARKS_MAX: usize = 1 << 16;
 
-/// Value bytes `write_unsynced` holds at most; a batch that would pass
-/// this is written and synced at once, with everything held before it.
-const UNSYNCED_BYTES_MAX: usize = 4 << 20;
-
-/// Where a record being applied lies.
-#[derive(Clone, Copy)]
-enum Placement {
-    /// In a durable frame of segment `segment_id`.
-    Frame {
-        segment_id: u64,
-        offset: u64,
-        frame_len: usize,
-    },
-    /// Taken by `write_unsynced`; its value stays in memory until written.
-    Unsynced,
-}
-
 impl Drop for DiskStorage {
-    /// Closing the store writes the chosen marks still deferred and the
-    /// batches taken unsynced (a crash would lose them, which is allowed;
-    /// a clean close need not).
+    /// Closing the store writes the chosen marks still deferred (a crash
+    /// would lose them, which is allowed; a clean close need not).
     fn drop(&mut self) {
-        if (!self.deferred.is_empty() || !self.unsynced.is_empty()) && self.failed.is_none() {
+        if !self.deferred.is_empty() && self.failed.is_none() {
             if let Err(error) = self.write(&[]) {
-                tracing::warn!(dir = %self.dir.display(), %error, "cannot write deferred chosen marks or unsynced batches on close");
+                tracing::warn!(dir = %self.dir.display(), %error, "cannot write deferred chosen marks on close");
             }
         }
         // The directory lock is released after this: no helper may still
@@ -334,8 +300,6 @@ impl DiskStorage {
             bytes_written: 0,
             syncs: 0,
             deferred: Vec::new(),
-            unsynced: Vec::new(),
-            unsynced_bytes: 0,
             spare: None,
         };
         let mut previous: Option<(PathBuf, u64)> = None;
@@ -521,12 +485,7 @@ impl DiskStorage {
             let corrupt = |reason: &str| StorageError::corrupt(path, at as u64, reason);
             let (payload, frame_len) = codec::split_record(&data[at..body_end]).map_err(corrupt)?;
             let record = codec::decode_record(payload).map_err(corrupt)?;
-            let placement = Placement::Frame {
-                segment_id,
-                offset: at as u64,
-                frame_len,
-            };
-            let index = self.apply(placement, &record, 0, &mut max_index);
+            let index = self.apply(segment_id, at as u64, frame_len, &record, 0, &mut max_index);
             if let Some(index) = index {
                 return Err(StorageError::corrupt(
                     path,
@@ -540,19 +499,31 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Applies `record`, or the part of it one frame holds: entry `entry`
-    /// of an `Accepted` record, index `first + entry` of a `ChosenRange`.
+    /// Applies one durable frame found at `offset` of segment `segment_id`:
+    /// `record`, or the part of it that frame holds: entry `entry` of an
+    /// `Accepted` record, index `first + entry` of a `ChosenRange`.
     /// Raises `max_index` to the index the frame names (the caller notes it
     /// on the segment once per batch). Returns the index of a chosen mark
     /// that had no value to mark.
     fn apply(
         &mut self,
-        placement: Placement,
+        segment_id: u64,
+        offset: u64,
+        frame_len: usize,
         record: &Record,
         entry: usize,
         max_index: &mut Index,
     ) -> Option<Index> {
-        let held = |value: &Value| held_at(placement, value);
+        let held = |value: &Value| match value {
+            Value::Noop => ValueRef::Noop,
+            Value::One { .. } | Value::Many { .. } => ValueRef::Stored {
+                segment_id,
+                offset,
+                frame_len: frame_len as u32,
+                payload_len: value.payload_len() as u32,
+                reqid: value.reqid().unwrap_or(0),
+            },
+        };
         let record_index = match record {
             Record::Node(node) => {
                 self.state.node = *node;
@@ -685,7 +656,6 @@ impl DiskStorage {
     fn load(&self, index: Index, held: &ValueRef) -> Result<Value, StorageError> {
         let (segment_id, offset, frame_len) = match held {
             ValueRef::Noop => return Ok(Value::Noop),
-            ValueRef::Unsynced(value) => return Ok(Value::clone(value)),
             ValueRef::Stored {
                 segment_id,
                 offset,
@@ -712,39 +682,6 @@ impl DiskStorage {
                 .value
                 .ok_or_else(|| corrupt("instance record lost its value")),
             _ => Err(corrupt("record is not the instance it was indexed as")),
-        }
-    }
-
-    /// A frame of a batch taken by `write_unsynced` is durable at
-    /// `placement`: the value it holds, if its index still holds it in
-    /// memory, is read from there from now on. Called latest frame first.
-    fn place_unsynced(
-        &mut self,
-        placement: Placement,
-        record: &Record,
-        entry: usize,
-        max_index: &mut Index,
-    ) {
-        let (index, value) = match record {
-            Record::Accepted { entries, .. } => {
-                let (index, value) = &entries[entry];
-                (*index, value)
-            }
-            Record::Instance(instance) => match &instance.value {
-                Some(value) => (instance.index, value),
-                None => return,
-            },
-            Record::Chosen(_) | Record::ChosenRange { .. } => {
-                // A mark keeps its segment until its index is compacted.
-                let marks = record.chosen_indices().expect("a chosen mark");
-                *max_index = (*max_index).max(marks.start() + entry as u64);
-                return;
-            }
-            Record::Node(_) => return,
-        };
-        *max_index = (*max_index).max(index);
-        if let Some(held @ ValueRef::Unsynced(_)) = self.state.value_mut(index) {
-            *held = held_at(placement, value);
         }
     }
 
@@ -835,23 +772,20 @@ impl DiskStorage {
     }
 
     /// Appends `batch` as one frame and makes it durable.
-    fn append(&mut self, batch: &[Record], unsynced: usize) -> Result<(), StorageError> {
-        self.append_then(batch, unsynced, &mut || {})
+    fn append(&mut self, batch: &[Record]) -> Result<(), StorageError> {
+        self.append_then(batch, &mut || {})
     }
 
     /// [`DiskStorage::append`], calling `durable` right after the sync,
     /// before the batch is applied to the in-memory index (applying it is
-    /// ~100 ns per entry that nothing released needs to wait for). The
-    /// first `unsynced` records of `batch` were taken by `write_unsynced`:
-    /// validated and applied already, only their values' places change.
+    /// ~100 ns per entry that nothing released needs to wait for).
     fn append_then(
         &mut self,
         batch: &[Record],
-        unsynced: usize,
         durable: &mut dyn FnMut(),
     ) -> Result<(), StorageError> {
         self.refuse_if_failed()?;
-        self.state.validate(&batch[unsynced..])?;
+        self.state.validate(batch)?;
         if !self.encode_batch(batch)? {
             durable();
             return Ok(());
@@ -891,26 +825,12 @@ impl DiskStorage {
         // Durable: now, and only now, the state reflects the batch.
         let batch_offset = self.active_offset;
         let frames = std::mem::take(&mut self.record_frames);
-        let placement = |start: usize, len: usize| Placement::Frame {
-            segment_id: active_id,
-            offset: batch_offset + start as u64,
-            frame_len: len,
-        };
-        let first_applied = frames.partition_point(|&(position, ..)| position < unsynced);
         let mut max_index = 0;
-        // Latest first, so that each index's value ends up where its last
-        // record lies.
-        for &(position, entry, start, len) in frames[..first_applied].iter().rev() {
-            self.place_unsynced(
-                placement(start, len),
-                &batch[position],
-                entry,
-                &mut max_index,
-            );
-        }
-        for &(position, entry, start, len) in &frames[first_applied..] {
+        for &(position, entry, start, len) in &frames {
             let unmarked = self.apply(
-                placement(start, len),
+                active_id,
+                batch_offset + start as u64,
+                len,
                 &batch[position],
                 entry,
                 &mut max_index,
@@ -940,77 +860,28 @@ impl Storage for DiskStorage {
         batch: &[Record],
         durable: &mut dyn FnMut(),
     ) -> Result<(), StorageError> {
-        if self.deferred.is_empty() && self.unsynced.is_empty() {
-            return self.append_then(batch, 0, durable);
+        if self.deferred.is_empty() {
+            return self.append_then(batch, durable);
         }
-        // Unsynced batches, then deferred marks, in the same frame: one
-        // sync covers all. (A mark may name a value held unsynced, never
-        // the other way round: `write_unsynced` takes the marks first.)
-        let mut combined = std::mem::take(&mut self.unsynced);
-        self.unsynced_bytes = 0;
-        let unsynced = combined.len();
-        for &index in &std::mem::take(&mut self.deferred) {
+        // Deferred marks first, in the same frame: one sync covers both.
+        let marks = std::mem::take(&mut self.deferred);
+        let mut combined: Vec<Record> = Vec::with_capacity(batch.len() + 8);
+        for &index in &marks {
             Record::push_chosen(&mut combined, index);
         }
-        let held = combined.len();
+        let mark_records = combined.len();
         combined.extend(batch.iter().cloned());
-        match self.append_then(&combined, unsynced, durable) {
+        match self.append_then(&combined, durable) {
             Err(StorageError::InvalidBatch { .. }) => {
-                // Nothing was written. What was held was checked when it
-                // was taken, so the batch is at fault (or they are too
-                // large together): what was held goes alone, then the
-                // batch gets its own answer.
-                self.append(&combined[..held], unsynced)?;
-                self.append_then(batch, 0, durable)
+                // Nothing was written. The marks were checked when they
+                // were deferred, so the batch is at fault (or the two are
+                // too large together): the marks go alone, then the batch
+                // gets its own answer.
+                self.append(&combined[..mark_records])?;
+                self.append_then(batch, durable)
             }
             result => result,
         }
-    }
-
-    fn write_unsynced(&mut self, batch: &[Record]) -> Result<bool, StorageError> {
-        self.refuse_if_failed()?;
-        let bytes: usize = batch
-            .iter()
-            .map(|record| match record {
-                Record::Accepted { entries, .. } => {
-                    entries.iter().map(|(_, value)| value.payload_len()).sum()
-                }
-                Record::Instance(instance) => instance.value.as_ref().map_or(0, Value::payload_len),
-                _ => 0,
-            })
-            .sum();
-        // A segment's header holds the node state of the log before it,
-        // which an unsynced node record would make wrong (such records are
-        // rare: a new promise).
-        let node_record = batch.iter().any(|r| matches!(r, Record::Node(_)));
-        if node_record || self.unsynced_bytes + bytes > UNSYNCED_BYTES_MAX {
-            self.write(batch)?;
-            return Ok(true);
-        }
-        self.state.validate(batch)?;
-        if batch.is_empty() {
-            // Durable if nothing before it waits.
-            return Ok(self.unsynced.is_empty());
-        }
-        // Marks deferred so far go ahead of the batch, as a write would
-        // put them.
-        for &index in &std::mem::take(&mut self.deferred) {
-            Record::push_chosen(&mut self.unsynced, index);
-        }
-        let mut max_index = 0;
-        for record in batch {
-            for entry in 0..record.entries() {
-                let unmarked = self.apply(Placement::Unsynced, record, entry, &mut max_index);
-                debug_assert!(unmarked.is_none(), "validate checked the chosen marks");
-            }
-        }
-        self.unsynced.extend(batch.iter().cloned());
-        self.unsynced_bytes += bytes;
-        Ok(false)
-    }
-
-    fn unsynced(&self) -> bool {
-        !self.unsynced.is_empty()
     }
 
     fn write_deferred(&mut self, batch: &[Record]) -> Result<(), StorageError> {
@@ -1074,28 +945,6 @@ impl Storage for DiskStorage {
             self.state.compact(through);
         }
         self.delete_compacted_segments()
-    }
-}
-
-/// How the value of a frame at `placement` is held in memory.
-fn held_at(placement: Placement, value: &Value) -> ValueRef {
-    match (value, placement) {
-        (Value::Noop, _) => ValueRef::Noop,
-        (_, Placement::Unsynced) => ValueRef::Unsynced(Box::new(value.clone())),
-        (
-            _,
-            Placement::Frame {
-                segment_id,
-                offset,
-                frame_len,
-            },
-        ) => ValueRef::Stored {
-            segment_id,
-            offset,
-            frame_len: frame_len as u32,
-            payload_len: value.payload_len() as u32,
-            reqid: value.reqid().unwrap_or(0),
-        },
     }
 }
 

@@ -103,43 +103,6 @@ pub trait Storage: Send {
         self.write(batch)
     }
 
-    /// [`Storage::write`] without waiting for a sync: reads see the batch
-    /// at once, and it becomes durable with the next `write` (an empty one
-    /// will do; a `DiskStorage` also writes it when dropped), written in
-    /// its batch ahead of its records. `Ok(true)` if the batch is durable
-    /// already (a store that does not defer syncs writes it at once: the
-    /// default), `Ok(false)` if it waits for the next write.
-    ///
-    /// For a batch whose messages need not leave yet: a leader's own vote,
-    /// when its followers' votes choose the entries without it. A crash
-    /// before the next write loses the batch, and with it only what
-    /// nothing outside this node was told.
-    ///
-    /// ```
-    /// use spaxos_core::{Ballot, Record, Value};
-    /// use spaxos_storage::{DiskStorage, Storage};
-    ///
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let mut store = DiskStorage::open(dir.path()).unwrap();
-    /// let entries = vec![(1, Value::Noop)].into();
-    /// let accepted = Record::Accepted { ballot: Ballot::new(1, 1), entries };
-    /// assert!(!store.write_unsynced(&[accepted]).unwrap());
-    /// assert!(store.unsynced());
-    /// store.write(&[Record::Chosen(1)]).unwrap(); // one sync for both
-    /// assert!(!store.unsynced());
-    /// assert_eq!(store.chosen(1).unwrap(), Some(Value::Noop));
-    /// ```
-    fn write_unsynced(&mut self, batch: &[Record]) -> Result<bool, StorageError> {
-        self.write(batch)?;
-        Ok(true)
-    }
-
-    /// Whether batches taken by [`Storage::write_unsynced`] wait for the
-    /// next write to become durable.
-    fn unsynced(&self) -> bool {
-        false
-    }
-
     /// Chosen marks taken by [`Storage::write_deferred`] that are not
     /// durable yet: the next `write` (an empty one will do) makes them so.
     /// 0 for a store that writes deferred marks at once (the default).
@@ -151,7 +114,7 @@ pub trait Storage: Send {
     /// `fdatasync` per batch) since it was opened, for metrics; `None` for
     /// a store that does not count them. A write with nothing new to store
     /// (every record at or below the compaction point, or an empty one with
-    /// no deferred marks or unsynced batches) makes no sync.
+    /// no deferred marks) makes no sync.
     fn syncs(&self) -> Option<u64> {
         None
     }

@@ -304,11 +304,6 @@ impl<V: HeldValue> LogState<V> {
     }
 
     /// The chosen value's handle at `index`.
-    /// The value held for `index`, if any, to change where it is held.
-    pub fn value_mut(&mut self, index: Index) -> Option<&mut V> {
-        self.slots.get_mut(&index)?.value.as_mut()
-    }
-
     pub fn chosen(&self, index: Index) -> Result<Option<&V>, StorageError> {
         if index <= self.compacted_through {
             return Err(StorageError::Compacted {

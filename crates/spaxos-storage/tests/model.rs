@@ -1,6 +1,6 @@
-//! Property test: any sequence of writes (synced, unsynced, deferred
-//! marks), compactions, reopens and crashes leaves `MemStorage` and
-//! `DiskStorage` in the same state as a simple model.
+//! Property test: any sequence of writes (and deferred chosen marks),
+//! compactions, reopens and crashes leaves `MemStorage` and `DiskStorage`
+//! in the same state as a simple model.
 
 mod common;
 
@@ -155,7 +155,6 @@ impl Model {
 #[derive(Clone, Debug)]
 enum Op {
     Write(Vec<Record>),
-    WriteUnsynced(Vec<Record>),
     WriteDeferred(Vec<Record>),
     Compact(Index),
     Reopen,
@@ -204,7 +203,6 @@ fn record_strategy() -> impl Strategy<Value = Record> {
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => prop::collection::vec(record_strategy(), 0..6).prop_map(Op::Write),
-        4 => prop::collection::vec(record_strategy(), 0..6).prop_map(Op::WriteUnsynced),
         2 => prop::collection::vec(
             prop_oneof![
                 3 => (1..=INDEX_MAX).prop_map(Record::Chosen),
@@ -287,26 +285,8 @@ fn run<H: Harness>(harness: &mut H, ops: &[Op]) -> Result<(), TestCaseError> {
                     step,
                     result.err()
                 );
-                // Written or refused, what the store held is synced now.
-                prop_assert!(
-                    !store.unsynced() && store.deferred_marks() == 0,
-                    "step {}",
-                    step
-                );
-            }
-            Op::WriteUnsynced(batch) => {
-                let accepted = model.write(batch);
-                let result = store.write_unsynced(batch);
-                prop_assert_eq!(
-                    result.is_ok(),
-                    accepted,
-                    "step {}: {:?}",
-                    step,
-                    result.err()
-                );
-                if let Ok(synced) = result {
-                    prop_assert_eq!(synced, !store.unsynced(), "step {}", step);
-                }
+                // Written or refused, the marks it held are synced now.
+                prop_assert_eq!(store.deferred_marks(), 0, "step {}", step);
             }
             Op::WriteDeferred(batch) => {
                 let marks_only = batch.iter().all(|r| r.chosen_indices().is_some());
@@ -331,8 +311,8 @@ fn run<H: Harness>(harness: &mut H, ops: &[Op]) -> Result<(), TestCaseError> {
                 model = durable.clone();
             }
         }
-        // A store that holds nothing unsynced has made all of it durable.
-        if !store.unsynced() && store.deferred_marks() == 0 {
+        // A store that holds no deferred marks has made all of it durable.
+        if store.deferred_marks() == 0 {
             durable = model.clone();
         }
         check(&store, &model, step)?;

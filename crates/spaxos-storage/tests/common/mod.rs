@@ -82,7 +82,7 @@ pub trait Harness {
     /// Simulates a restart: the durable state is all that is kept.
     fn reopen(&mut self, store: Self::S) -> Self::S;
     /// Simulates a crash: only what the store has synced is kept (a clean
-    /// close would write what it holds unsynced).
+    /// close would write the chosen marks it holds deferred).
     fn crash(&mut self, store: Self::S) -> Self::S;
 }
 
