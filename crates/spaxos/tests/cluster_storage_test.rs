@@ -23,15 +23,9 @@ fn init_tracing() {
         .try_init();
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_ports;
 
 fn node_config(ports: &[u16], selfid: NodeId) -> Config {
     let groups: Vec<String> = ports

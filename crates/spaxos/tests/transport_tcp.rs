@@ -13,16 +13,9 @@ use spaxos_core::{Ballot, Body, Message, NodeId, PromiseEntry, Value};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Ports that were free a moment ago (bound together, so distinct).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_ports;
 
 fn config(ports: &[u16], selfid: NodeId, extra: &str) -> Config {
     let groups: Vec<String> = ports
