@@ -268,6 +268,22 @@ fn check<S: Storage>(store: &S, model: &Model, step: usize) -> Result<(), TestCa
     Ok(())
 }
 
+/// The store took a batch exactly when the model did.
+fn same_verdict(
+    result: Result<(), StorageError>,
+    accepted: bool,
+    step: usize,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        result.is_ok(),
+        accepted,
+        "step {}: {:?}",
+        step,
+        result.err()
+    );
+    Ok(())
+}
+
 fn run<H: Harness>(harness: &mut H, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut store = harness.open();
     let mut model = Model::default();
@@ -277,28 +293,14 @@ fn run<H: Harness>(harness: &mut H, ops: &[Op]) -> Result<(), TestCaseError> {
         match op {
             Op::Write(batch) => {
                 let accepted = model.write(batch);
-                let result = store.write(batch);
-                prop_assert_eq!(
-                    result.is_ok(),
-                    accepted,
-                    "step {}: {:?}",
-                    step,
-                    result.err()
-                );
+                same_verdict(store.write(batch), accepted, step)?;
                 // Written or refused, the marks it held are synced now.
                 prop_assert_eq!(store.deferred_marks(), 0, "step {}", step);
             }
             Op::WriteDeferred(batch) => {
                 let marks_only = batch.iter().all(|r| r.chosen_indices().is_some());
                 let accepted = marks_only && model.write(batch);
-                let result = store.write_deferred(batch);
-                prop_assert_eq!(
-                    result.is_ok(),
-                    accepted,
-                    "step {}: {:?}",
-                    step,
-                    result.err()
-                );
+                same_verdict(store.write_deferred(batch), accepted, step)?;
             }
             Op::Compact(through) => {
                 model.compact(*through);
