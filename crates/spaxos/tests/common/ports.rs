@@ -1,5 +1,6 @@
 //! Ports for test nodes (shared with simplesvr's tests through `#[path]`).
 
+use std::hash::{BuildHasher, RandomState};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -18,20 +19,20 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let high = ephemeral_low().max(PORTS_LOW + 1_000);
     let span = u32::from(high - PORTS_LOW);
-    // A start that differs from run to run; 0 means "not chosen yet".
-    let _ = NEXT.compare_exchange(0, seed() % span + 1, Ordering::Relaxed, Ordering::Relaxed);
+    // A start that differs from run to run (a random hash seed); 0 means
+    // "not chosen yet".
+    let start = RandomState::new().hash_one(0u8) as u32 % span + 1;
+    let _ = NEXT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
     let mut ports = Vec::with_capacity(n);
-    for _ in 0..span {
-        if ports.len() == n {
-            return ports;
-        }
-        let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = PORTS_LOW + (k % span) as u16;
+    let mut tried = 0;
+    while ports.len() < n {
+        assert!(tried < span, "no free ports below the ephemeral range");
+        tried += 1;
+        let port = PORTS_LOW + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             ports.push(port);
         }
     }
-    assert_eq!(ports.len(), n, "no free ports below the ephemeral range");
     ports
 }
 
@@ -41,11 +42,4 @@ fn ephemeral_low() -> u16 {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse().ok())
         .unwrap_or(32_768)
-}
-
-fn seed() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos());
-    nanos ^ std::process::id().wrapping_mul(2_654_435_761)
 }
